@@ -1,0 +1,1 @@
+"""medseglens_core.reports."""

@@ -1,0 +1,1 @@
+"""Med-SegLens REST service and CLI (imports medseglens_core, never the reverse)."""

@@ -1,0 +1,3 @@
+"""CLI commands: analysis."""
+
+from service.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands: data."""
+
+from service.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands: models."""
+
+from service.cli import app  # noqa: F401

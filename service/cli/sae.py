@@ -1,0 +1,3 @@
+"""CLI commands: sae."""
+
+from service.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands: server."""
+
+from service.cli import app  # noqa: F401
