@@ -1,0 +1,324 @@
+"""Cross-dataset model diffing: which latents are shared and which are population-specific.
+
+Protocol (DESIGN.md section 6):
+
+1. Per CASE statistics (:func:`cohort_case_stats`): for every latent, its firing rate and mean
+   activation over the case's brain tokens. Tokens of one scan are not independent, so every
+   test below has one observation per case.
+2. :func:`compare_cohorts`: target cohort vs a reference (one cohort, several, or all others),
+   two-sided Mann-Whitney U per latent on the per-case values, Benjamini-Hochberg over latents,
+   and an effect-size threshold: ``|rank-biserial| >= min_rank_biserial`` AND
+   ``|log2(firing-rate ratio)| >= min_log2_ratio``. A latent passing all three is
+   population-specific (``direction`` "up": more in the target, "down": less).
+3. Differential reliance: :func:`attribution` (activation x gradient of the region's logit
+   through the SAE decoder and ``model.run_suffix``), averaged per case then over cases.
+4. Cross-cohort SAE alignment: :func:`align_saes` matches decoder rows one-to-one (Hungarian on
+   cosine similarity) and reports the fraction matched above a threshold (default 0.7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medseglens_core.analysis.casepass import (
+    AttributionMask,
+    CaseRow,
+    analyse_slices,
+    input_size_of,
+    load_if_path,
+    prepare_for_analysis,
+)
+from medseglens_core.analysis.encode import ModelLike, SAELike, resolve_hook
+from medseglens_core.analysis.stats import (
+    benjamini_hochberg,
+    case_level_test,
+    decoder_cosine,
+    hungarian,
+    log2_ratio,
+)
+from medseglens_core.errors import InvalidInput, NotFound
+
+
+@dataclass
+class CohortStats:
+    """Per-case arrays of one cohort; ``n`` cases, ``d`` latents (see :class:`CaseRow`)."""
+
+    case_ids: list[str]
+    firing_rate: np.ndarray  # (n, d)
+    mean_activation: np.ndarray  # (n, d)
+    mean_active: np.ndarray  # (n, d)
+    region_mass: np.ndarray  # (n, d, 4) healthy/NCR/SNFH/ET, NaN where unlabelled
+    n_tokens: np.ndarray  # (n,)
+    attribution: dict[str, np.ndarray] = field(default_factory=dict)  # region -> (n, d)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[CaseRow]) -> CohortStats:
+        if not rows:
+            raise InvalidInput("a cohort needs at least one case")
+        regions = list(rows[0].attribution)
+        return cls(
+            case_ids=[r.case_id for r in rows],
+            firing_rate=np.stack([r.firing_rate for r in rows]),
+            mean_activation=np.stack([r.mean_activation for r in rows]),
+            mean_active=np.stack([r.mean_active for r in rows]),
+            region_mass=np.stack([r.region_mass for r in rows]),
+            n_tokens=np.array([r.n_tokens for r in rows]),
+            attribution={k: np.stack([r.attribution[k] for r in rows]) for k in regions},
+        )
+
+    @property
+    def mean_code(self) -> np.ndarray:
+        """``(d,)`` mean code over cases (each case weighted equally): the cohort's 'patch' target."""
+        return self.mean_activation.mean(axis=0)
+
+    @property
+    def mean_active_code(self) -> np.ndarray:
+        """``(d,)`` mean activation when firing, averaged over the cases where the latent fires."""
+        fires = self.firing_rate > 0
+        total = (self.mean_active * fires).sum(axis=0)
+        return total / np.maximum(fires.sum(axis=0), 1)
+
+
+@dataclass
+class CaseLatentStats:
+    """Per-case latent statistics for several cohorts of one (model, SAE)."""
+
+    d_sae: int
+    cohorts: dict[str, CohortStats]
+
+    def __getitem__(self, cohort: str) -> CohortStats:
+        if cohort not in self.cohorts:
+            raise NotFound(f"cohort {cohort!r} not in the statistics; have {sorted(self.cohorts)}")
+        return self.cohorts[cohort]
+
+    def cohort_firing_rate(self) -> tuple[list[str], np.ndarray]:
+        """``(cohort names, (n_cohorts, d) mean per-case firing rate)`` for heatmaps."""
+        names = list(self.cohorts)
+        return names, np.stack([self.cohorts[c].firing_rate.mean(axis=0) for c in names])
+
+    def region_association(self) -> np.ndarray:
+        """``(d, 4)`` fraction of each latent's activation mass over healthy/NCR/SNFH/ET (all cohorts)."""
+        mass = np.zeros((self.d_sae, 4))
+        for c in self.cohorts.values():
+            mass += np.nansum(c.region_mass, axis=0)
+        return mass / np.maximum(mass.sum(axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class DiffCriteria:
+    """Thresholds for calling a latent population-specific (all must hold)."""
+
+    alpha: float = 0.05  # BH-adjusted q below this
+    min_rank_biserial: float = 0.5  # |rank-biserial| of the case-level test
+    min_log2_ratio: float = 1.0  # |log2 firing-rate ratio| (1.0 = two-fold)
+    metric: str = "firing_rate"  # per-case value tested: firing_rate | mean_activation
+
+
+@dataclass(frozen=True)
+class LatentDiff:
+    """One latent, target vs reference. ``effect`` is the rank-biserial (+: higher in target)."""
+
+    latent: int
+    p: float
+    q: float
+    effect: float
+    log2_ratio: float
+    target_rate: float
+    reference_rate: float
+    direction: str  # "up" | "down" | "none"
+    specific: bool
+
+
+def cohort_case_stats(
+    model: ModelLike,
+    sae: SAELike,
+    cases_by_cohort: Mapping[str, Iterable[Any]],
+    *,
+    hook: str | None = None,
+    card: dict | None = None,
+    input_size: int | None = None,
+    regions: tuple[str, ...] = (),
+    attribution_mask: AttributionMask = "predicted",
+    batch_size: int = 16,
+    progress: Callable[[dict], None] | None = None,
+) -> CaseLatentStats:
+    """Per-case statistics for every cohort, one network pass per case.
+
+    Args:
+        cases_by_cohort: cohort -> ``Case`` objects or case folder paths (loaded lazily).
+        hook: hook point; default: ``card['hook']`` / ``model.default_hook``.
+        regions: also compute per-case attributions for these regions (``SNFH``...).
+    Returns:
+        :class:`CaseLatentStats` with, per cohort, ``(n_cases, d_sae)`` arrays.
+    """
+    hook = resolve_hook(model, hook, card)
+    size = input_size_of(model, card, input_size)
+    cohorts: dict[str, CohortStats] = {}
+    for cohort, cases in cases_by_cohort.items():
+        rows = []
+        for item in cases:
+            case = load_if_path(item, cohort)
+            _, slices, brain, labels = prepare_for_analysis(case, size)
+            rows.append(
+                analyse_slices(
+                    model,
+                    sae,
+                    slices,
+                    hook,
+                    case_id=case.case_id,
+                    brain=brain,
+                    label_slices=labels,
+                    regions=regions,
+                    attribution_mask=attribution_mask,
+                    batch_size=batch_size,
+                )
+            )
+            if progress:
+                progress({"stage": "case_stats", "cohort": cohort, "case": case.case_id})
+        cohorts[cohort] = CohortStats.from_rows(rows)
+    return CaseLatentStats(d_sae=int(sae.W_dec.shape[0]), cohorts=cohorts)
+
+
+def _reference_values(
+    stats: CaseLatentStats, target: str, reference: str | Sequence[str] | None, metric: str
+):
+    names = (
+        [c for c in stats.cohorts if c != target]
+        if reference is None
+        else ([reference] if isinstance(reference, str) else list(reference))
+    )
+    if not names or target in names:
+        raise InvalidInput(
+            f"reference cohorts must be non-empty and exclude the target {target!r}; got {names}"
+        )
+    return np.concatenate([getattr(stats[c], metric) for c in names]), np.concatenate(
+        [stats[c].firing_rate for c in names]
+    )
+
+
+def compare_cohorts(
+    stats: CaseLatentStats,
+    target: str,
+    reference: str | Sequence[str] | None = None,
+    criteria: DiffCriteria = DiffCriteria(),
+) -> list[LatentDiff]:
+    """Every latent, target vs reference (default: all other cohorts pooled), sorted by (q, -|effect|)."""
+    if criteria.metric not in ("firing_rate", "mean_activation"):
+        raise InvalidInput(f"metric must be firing_rate or mean_activation; got {criteria.metric!r}")
+    tgt = getattr(stats[target], criteria.metric)
+    ref, ref_rate = _reference_values(stats, target, reference, criteria.metric)
+    p, effect = case_level_test(tgt, ref)
+    q = benjamini_hochberg(p)
+    t_rate = stats[target].firing_rate.mean(axis=0)
+    r_rate = ref_rate.mean(axis=0)
+    lr = log2_ratio(t_rate, r_rate)
+    out = []
+    for j in range(stats.d_sae):
+        specific = bool(
+            q[j] < criteria.alpha
+            and abs(effect[j]) >= criteria.min_rank_biserial
+            and abs(lr[j]) >= criteria.min_log2_ratio
+        )
+        direction = ("up" if effect[j] > 0 else "down") if specific else "none"
+        out.append(
+            LatentDiff(
+                j,
+                float(p[j]),
+                float(q[j]),
+                float(effect[j]),
+                float(lr[j]),
+                float(t_rate[j]),
+                float(r_rate[j]),
+                direction,
+                specific,
+            )
+        )
+    out.sort(key=lambda d: (d.q, -abs(d.effect), d.latent))
+    return out
+
+
+def population_specific(
+    stats: CaseLatentStats,
+    target: str,
+    reference: str | Sequence[str] | None = None,
+    criteria: DiffCriteria = DiffCriteria(),
+) -> list[LatentDiff]:
+    """The population-specific latents of ``target`` (see :func:`compare_cohorts`), most significant first."""
+    return [d for d in compare_cohorts(stats, target, reference, criteria) if d.specific]
+
+
+def attribution(
+    model: ModelLike,
+    sae: SAELike,
+    cases: Iterable[Any],
+    region: str,
+    *,
+    hook: str | None = None,
+    card: dict | None = None,
+    input_size: int | None = None,
+    attribution_mask: AttributionMask = "predicted",
+    batch_size: int = 16,
+) -> np.ndarray:
+    """``(d_sae,)`` mean over cases of each latent's attribution to ``region``'s logit.
+
+    Rank with ``np.argsort(-attr)``: the latents the model relies on most for that region.
+    """
+    stats = cohort_case_stats(
+        model,
+        sae,
+        {"cases": list(cases)},
+        hook=hook,
+        card=card,
+        input_size=input_size,
+        regions=(region,),
+        attribution_mask=attribution_mask,
+        batch_size=batch_size,
+    )
+    return stats["cases"].attribution[region].mean(axis=0)
+
+
+def reliance(stats: CaseLatentStats, region: str, top_k: int = 10) -> dict[str, list[tuple[int, float]]]:
+    """Per cohort, the ``top_k`` latents by mean attribution to ``region``: ``[(latent, attr), ...]``."""
+    out = {}
+    for name, c in stats.cohorts.items():
+        if region not in c.attribution:
+            raise InvalidInput(f"no attribution for {region!r}; compute stats with regions=({region!r},)")
+        mean = c.attribution[region].mean(axis=0)
+        order = np.argsort(-mean, kind="stable")[:top_k]
+        out[name] = [(int(j), float(mean[j])) for j in order]
+    return out
+
+
+@dataclass(frozen=True)
+class SAEAlignment:
+    """One-to-one decoder matching of two SAEs on the same model/hook."""
+
+    pairs: list[tuple[int, int, float]]  # (latent in a, latent in b, cosine), best first
+    threshold: float
+    fraction_above: float  # matched pairs with cosine >= threshold / min(d_a, d_b)
+
+
+def align_saes(w_dec_a: Any, w_dec_b: Any, threshold: float = 0.7) -> SAEAlignment:
+    """Hungarian matching of decoder rows ``(d_a, d_in)`` vs ``(d_b, d_in)`` by cosine similarity.
+
+    Accepts tensors or arrays (pass ``sae.W_dec``). Random directions in ``d_in`` dimensions
+    have cosine about ``1/sqrt(d_in)``, far below the default threshold of 0.7.
+    """
+    a = _as_numpy(w_dec_a)
+    b = _as_numpy(w_dec_b)
+    m = hungarian(decoder_cosine(a, b))
+    return SAEAlignment(
+        pairs=[(int(r), int(c), float(s)) for r, c, s in zip(m.rows, m.cols, m.score, strict=True)],
+        threshold=threshold,
+        fraction_above=m.fraction_above(threshold),
+    )
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)

@@ -1,0 +1,135 @@
+"""Encoding hook activations into SAE latent maps, and the token-level masks that go with them.
+
+A hook activation ``h`` has shape ``(B, C, h, w)``; each spatial position is one token
+(``h.permute(0, 2, 3, 1).reshape(-1, C)``, see docs/ARCHITECTURE.md). Latent maps are the SAE
+codes put back on that grid: ``(B, d_sae, h, w)``.
+
+Token masks say which tokens count as "brain" (statistics are taken over brain tokens only, so
+a latent that fires on the empty background around the head does not dilute or inflate the
+per-case numbers). Token region fractions ``(B, 4, h, w)`` give, for each token, the fraction
+of its receptive patch that is healthy brain / NCR / SNFH / ET on the model's input grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseglens_core.errors import InvalidInput
+
+#: Region axis of every region-association array: index 0 is healthy brain, then labels 1..3.
+REGION_NAMES: tuple[str, ...] = ("healthy", "NCR", "SNFH", "ET")
+LABEL_INDEX: dict[str, int] = {"NCR": 1, "SNFH": 2, "ET": 3}
+
+
+class SAELike(Protocol):
+    """What the analysis needs from an SAE (``medseglens_core.sae.SAE`` satisfies it)."""
+
+    W_dec: torch.Tensor
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+class ModelLike(Protocol):
+    """What the analysis needs from a segmentation model (``SegModel`` satisfies it)."""
+
+    default_hook: str
+
+    def run_prefix(self, x: torch.Tensor, hook: str) -> Any: ...
+    def run_suffix(self, prefix: Any, h: torch.Tensor) -> torch.Tensor: ...
+
+
+def to_tokens(h: torch.Tensor) -> torch.Tensor:
+    """``(B, C, h, w)`` -> ``(B*h*w, C)`` tokens, position-major within each slice."""
+    if h.ndim != 4:
+        raise InvalidInput(f"hook activation must be (B, C, h, w); got shape {tuple(h.shape)}")
+    return h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+
+
+def from_tokens(t: torch.Tensor, b: int, hh: int, ww: int) -> torch.Tensor:
+    """Inverse of :func:`to_tokens`: ``(B*h*w, D)`` -> ``(B, D, h, w)``."""
+    return t.reshape(b, hh, ww, t.shape[1]).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def encode_maps(sae: SAELike, h: torch.Tensor, chunk_tokens: int = 65536) -> torch.Tensor:
+    """SAE codes as latent maps: ``h (B, C, h, w)`` -> ``(B, d_sae, h, w)`` float32.
+
+    Tokens are encoded in chunks of ``chunk_tokens`` so memory stays bounded; the SAE's
+    inference encode is batch-independent so chunking does not change the result.
+    """
+    b, _, hh, ww = h.shape
+    tokens = to_tokens(h.float())
+    codes = [sae.encode(tokens[i : i + chunk_tokens]) for i in range(0, tokens.shape[0], chunk_tokens)]
+    return from_tokens(torch.cat(codes, dim=0).float(), b, hh, ww)
+
+
+def resolve_hook(model: ModelLike, hook: str | None, card: dict | None = None) -> str:
+    """The hook to read: explicit ``hook``, else the card's ``hook``/``default_hook``, else the model's."""
+    if hook:
+        return hook
+    if card:
+        for key in ("hook", "default_hook"):
+            if card.get(key):
+                return str(card[key])
+    return str(model.default_hook)
+
+
+def iter_prefix(
+    model: ModelLike, slices: torch.Tensor, hook: str, batch_size: int = 16
+) -> Iterator[tuple[slice, Any]]:
+    """Run ``model.run_prefix`` over ``slices (Z, 4, H, W)`` in batches; yields ``(z_range, prefix)``."""
+    with torch.no_grad():
+        for i in range(0, slices.shape[0], batch_size):
+            yield (
+                slice(i, min(i + batch_size, slices.shape[0])),
+                model.run_prefix(slices[i : i + batch_size], hook),
+            )
+
+
+def brain_token_mask(brain: torch.Tensor, hw: tuple[int, int], min_fraction: float = 0.5) -> torch.Tensor:
+    """Which tokens are brain: ``brain (Z, H, W)`` bool on the model input grid -> ``(Z, h, w)`` bool.
+
+    A token counts as brain when at least ``min_fraction`` of its patch is brain (area pooling).
+    """
+    frac = F.adaptive_avg_pool2d(brain.float()[:, None], hw)[:, 0]
+    return frac >= min_fraction
+
+
+def input_brain_mask(slices: torch.Tensor) -> torch.Tensor:
+    """Brain mask ``(Z, H, W)`` inferred from the prepared input: any modality non-zero.
+
+    Used only when the prepared case carries no model-grid brain mask; preprocessing z-scores
+    inside the brain and leaves zeros outside, so non-zero input marks the brain.
+    """
+    return slices.abs().sum(dim=1) > 0
+
+
+def region_fractions(label_slices: torch.Tensor, brain: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Per-token region fractions ``(Z, 4, h, w)`` from model-grid labels ``(Z, H, W)`` in {0..3}.
+
+    Channel 0 is healthy brain (label 0 inside ``brain``), channels 1..3 are NCR/SNFH/ET.
+    Background outside the brain counts in no channel, so a token's fractions sum to <= 1.
+    """
+    lab = label_slices.long()
+    onehot = torch.stack(
+        [(lab == 0) & brain.bool(), lab == 1, lab == 2, lab == 3],
+        dim=1,
+    ).float()
+    return F.adaptive_avg_pool2d(onehot, hw)
+
+
+def region_mass(maps: torch.Tensor, fractions: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Activation mass per latent and region: ``(d_sae, 4)`` float64.
+
+    ``maps (Z, d_sae, h, w)``, ``fractions (Z, 4, h, w)``, ``mask (Z, h, w)`` bool: the sum over
+    masked tokens of ``z_j * fraction_r``.
+    """
+    m = mask.float()[:, None]
+    mass = torch.einsum("zdhw,zrhw->dr", maps * m, fractions.float())
+    return mass.double().cpu().numpy()
