@@ -1,0 +1,298 @@
+"""Apply an intervention spec by splicing SAE edits into the hook activation.
+
+For each token ``t`` (one hook-grid position of one slice) with activation ``h_t`` ``(C,)``,
+the SAE code is ``z_t = sae.encode(h_t)``; the spec edits it to ``z'_t`` and the network after
+the hook sees
+
+    h'_t = h_t + dec(z'_t) - dec(z_t)          (the SAE's reconstruction error is kept)
+
+Only tokens whose code changed are spliced: ``h + dec(z) - dec(z)`` is not bit-exact in
+floating point, so an empty spec (or one that changes nothing) returns the cached prefix's
+own activation and reproduces the unedited prediction bit for bit. Only slices holding a
+changed token re-run the suffix of the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medseglens_core.interventions.cache import PrefixCache, logits_to_labels
+from medseglens_core.interventions.errors import LatentOutOfRange, MissingMask, MissingReference
+from medseglens_core.interventions.spec import Edit, InterventionSpec
+
+#: Label values of each region (BraTS 2023 labels).
+REGION_LABELS: dict[str, tuple[int, ...]] = {
+    "WT": (1, 2, 3),
+    "TC": (1, 3),
+    "ET": (3,),
+    "NCR": (1,),
+    "SNFH": (2,),
+}
+
+
+def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
+    """Boolean mask of ``region`` (WT, TC, ET, NCR, SNFH) in a label map of any shape."""
+    return np.isin(labels, REGION_LABELS[region])
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    denom = int(pred.sum()) + int(gt.sum())
+    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / denom
+
+
+def dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """3-D binary dilation by ``voxels`` steps of 6-connectivity (a city-block ball)."""
+    if voxels <= 0:
+        return mask
+    return ndimage.binary_dilation(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=voxels)
+
+
+@dataclass
+class EditSummary:
+    """What one edit did: tokens in its scope, tokens whose value changed, mean code before/after
+    over the scope's tokens (activation units of the SAE code)."""
+
+    latent: int
+    op: str
+    scope: str
+    tokens_in_scope: int
+    tokens_changed: int
+    mean_before: float
+    mean_after: float
+
+
+@dataclass
+class InterventionResult:
+    """Outcome of one spec on one volume.
+
+    Attributes:
+        baseline_labels / edited_labels: ``(X, Y, Z)`` uint8 label maps on the case RAS grid.
+        baseline_volume_ml / edited_volume_ml / volume_change_ml: per region (WT, TC, ET, NCR,
+            SNFH), millilitres; change = edited - baseline.
+        dice_before / dice_after / dice_change: per region vs the case label (fractions 0..1),
+            None when the case has no label.
+        changed_voxels: voxels whose label differs between baseline and edited.
+        changed_tokens: hook tokens spliced; rerun_slices: slices whose suffix re-ran.
+        edits: one :class:`EditSummary` per edit, in spec order.
+    """
+
+    baseline_labels: np.ndarray
+    edited_labels: np.ndarray
+    baseline_volume_ml: dict[str, float]
+    edited_volume_ml: dict[str, float]
+    volume_change_ml: dict[str, float]
+    dice_before: dict[str, float] | None
+    dice_after: dict[str, float] | None
+    dice_change: dict[str, float] | None
+    changed_voxels: int
+    changed_tokens: int
+    rerun_slices: int
+    edits: list[EditSummary]
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the label arrays, JSON-serialisable."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("baseline_labels", "edited_labels")}
+        return out
+
+
+def volumes_ml(labels: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
+    """Per-region volume in mL of a label map with voxel ``spacing`` (mm)."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    return {r: float(region_mask(labels, r).sum()) * voxel_ml for r in REGION_LABELS}
+
+
+def scope_tokens(
+    cache: PrefixCache, edit: Edit, mask: np.ndarray | None, case_shape: tuple[int, int, int]
+) -> np.ndarray | None:
+    """Token mask ``(Z*h*w,)`` for an edit's scope; None means "all tokens" (``all``/``active``)."""
+    if edit.scope in ("all", "active"):
+        return None
+    if edit.scope == "predicted_region":
+        assert edit.region is not None  # guaranteed by Edit validation
+        vox = dilate(region_mask(cache.baseline_labels, edit.region), edit.dilation)
+    elif edit.scope == "mask":
+        if mask is None:
+            raise MissingMask(f"edit of latent {edit.latent} has scope 'mask': pass a mask array")
+        if mask.shape != case_shape:
+            raise MissingMask(f"mask shape {mask.shape} is not the case grid {case_shape}")
+        vox = mask.astype(bool)
+    elif edit.scope == "box":
+        x0, y0, z0, x1, y1, z1 = edit.box or [0] * 6
+        vox = np.zeros(case_shape, dtype=bool)
+        vox[x0:x1, y0:y1, z0:z1] = True
+    else:  # slices
+        z0, z1 = edit.slices or [0, 0]
+        vox = np.zeros(case_shape, dtype=bool)
+        vox[:, :, z0:z1] = True
+    return cache.voxels_to_tokens(vox)
+
+
+def _new_values(edit: Edit, z: torch.Tensor, reference_stats: Mapping[str, Any] | None) -> torch.Tensor:
+    """Edited values of one latent's code column ``z`` ``(n,)``."""
+    if edit.op == "ablate":
+        return torch.zeros_like(z)
+    if edit.op == "clamp":
+        return torch.full_like(z, float(edit.value))
+    if edit.op == "scale":
+        return z * float(edit.value)
+    if edit.op == "add":
+        return z + float(edit.value)
+    cohort = edit.reference_cohort
+    if reference_stats is None or cohort not in reference_stats:
+        have = sorted(reference_stats) if reference_stats else []
+        raise MissingReference(
+            f"patch of latent {edit.latent} needs statistics of cohort {cohort!r}; given: {have}"
+        )
+    return torch.full_like(z, float(np.asarray(reference_stats[cohort])[edit.latent]))
+
+
+def edit_codes(
+    cache: PrefixCache,
+    sae: Any,
+    spec: InterventionSpec,
+    *,
+    mask: np.ndarray | None = None,
+    reference_stats: Mapping[str, Any] | None = None,
+    case_shape: tuple[int, int, int] | None = None,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, list[EditSummary]]:
+    """Encode the tokens any edit may touch and apply the edits in order.
+
+    ``active`` scopes test the code before any edit. Returns (token indices ``(n,)``, codes
+    ``z`` ``(n, d_sae)``, edited codes ``z'``, per-edit summaries).
+    """
+    case_shape = case_shape or tuple(cache.baseline_labels.shape)
+    d_sae = int(sae.W_dec.shape[0])
+    scopes = []
+    for e in spec.edits:
+        if e.latent >= d_sae:
+            raise LatentOutOfRange(f"latent {e.latent} does not exist: the SAE has {d_sae} latents")
+        scopes.append(scope_tokens(cache, e, mask, case_shape))
+    if not spec.edits:
+        empty = torch.zeros(0, d_sae)
+        return np.zeros(0, dtype=np.int64), empty, empty, []
+    if any(s is None for s in scopes):
+        idx = np.arange(cache.n_tokens)
+    else:
+        idx = np.flatnonzero(np.logical_or.reduce(scopes))
+    tokens = cache.tokens()
+    sel_t = torch.from_numpy(idx).to(tokens.device)
+    with torch.no_grad():
+        z = sae.encode(tokens[sel_t].to(sae.W_dec.device, sae.W_dec.dtype))
+    z_new = z.clone()
+    summaries = []
+    for e, s in zip(spec.edits, scopes, strict=True):
+        rows = torch.ones(len(idx), dtype=torch.bool) if s is None else torch.from_numpy(s[idx])
+        rows = rows.to(z.device)
+        if e.scope == "active":
+            rows &= z[:, e.latent] > 0
+        before = z_new[rows, e.latent]
+        after = _new_values(e, before, reference_stats).to(before.dtype)
+        z_new[rows, e.latent] = after
+        summaries.append(
+            EditSummary(
+                latent=e.latent,
+                op=e.op,
+                scope=e.scope,
+                tokens_in_scope=int(rows.sum()),
+                tokens_changed=int((after != before).sum()),
+                mean_before=float(before.mean()) if before.numel() else 0.0,
+                mean_after=float(after.mean()) if after.numel() else 0.0,
+            )
+        )
+    return idx, z, z_new, summaries
+
+
+def apply_spec(
+    cache: PrefixCache,
+    sae: Any,
+    spec: InterventionSpec,
+    *,
+    label: np.ndarray | None = None,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    mask: np.ndarray | None = None,
+    reference_stats: Mapping[str, Any] | None = None,
+) -> InterventionResult:
+    """Apply ``spec`` to the cached volume and compare with the unedited prediction.
+
+    Args:
+        cache: the volume's :class:`PrefixCache` (same model and hook as the SAE's).
+        sae: an SAE with ``encode (N, C) -> (N, d_sae)``, ``decode``, ``W_dec (d_sae, C)``.
+        spec: the edits.
+        label: ground-truth ``(X, Y, Z)`` labels on the case grid, for Dice; optional.
+        spacing: voxel size in mm (RAS order), for volumes in mL.
+        mask: ``(X, Y, Z)`` boolean array for edits with scope ``mask``.
+        reference_stats: cohort -> ``(d_sae,)`` mean activation when active, for ``patch``.
+    """
+    logits, n_tokens, n_slices, summaries = edited_logits(
+        cache, sae, spec, mask=mask, reference_stats=reference_stats
+    )
+    edited = cache.baseline_labels if n_tokens == 0 else logits_to_labels(cache.prepared, logits)
+    return summarise(cache.baseline_labels, edited, label, spacing, n_tokens, n_slices, summaries)
+
+
+def edited_logits(
+    cache: PrefixCache,
+    sae: Any,
+    spec: InterventionSpec,
+    *,
+    mask: np.ndarray | None = None,
+    reference_stats: Mapping[str, Any] | None = None,
+) -> tuple[torch.Tensor, int, int, list[EditSummary]]:
+    """Slice logits ``(Z, 4, H, W)`` under ``spec`` + (changed tokens, re-run slices, summaries)."""
+    idx, z, z_new, summaries = edit_codes(cache, sae, spec, mask=mask, reference_stats=reference_stats)
+    changed = (z_new != z).any(dim=1)
+    if not bool(changed.any()):
+        return cache.baseline_logits, 0, 0, summaries
+    with torch.no_grad():
+        delta = sae.decode(z_new[changed]) - sae.decode(z[changed])
+    tok = idx[changed.cpu().numpy()]
+    h, w = cache.hook_shape
+    per_slice: dict[int, torch.Tensor] = {}
+    ks, rem = np.divmod(tok, h * w)
+    for k in np.unique(ks):
+        sel = ks == k
+        d = torch.zeros(h * w, cache.channels, dtype=delta.dtype, device=delta.device)
+        d[torch.from_numpy(rem[sel]).to(delta.device)] = delta[torch.from_numpy(sel).to(delta.device)]
+        per_slice[int(k)] = d.T.reshape(cache.channels, h, w)
+    logits, n_slices = cache.run_edited(per_slice)
+    return logits, int(changed.sum()), n_slices, summaries
+
+
+def summarise(
+    baseline: np.ndarray,
+    edited: np.ndarray,
+    label: np.ndarray | None,
+    spacing: tuple[float, float, float],
+    changed_tokens: int,
+    rerun_slices: int,
+    summaries: list[EditSummary],
+) -> InterventionResult:
+    """Build the :class:`InterventionResult` of a baseline/edited pair."""
+    vb, ve = volumes_ml(baseline, spacing), volumes_ml(edited, spacing)
+    if label is not None:
+        db = {r: dice(region_mask(baseline, r), region_mask(label, r)) for r in REGION_LABELS}
+        de = {r: dice(region_mask(edited, r), region_mask(label, r)) for r in REGION_LABELS}
+        dc: dict[str, float] | None = {r: de[r] - db[r] for r in REGION_LABELS}
+    else:
+        db = de = dc = None
+    return InterventionResult(
+        baseline_labels=baseline,
+        edited_labels=edited,
+        baseline_volume_ml=vb,
+        edited_volume_ml=ve,
+        volume_change_ml={r: ve[r] - vb[r] for r in REGION_LABELS},
+        dice_before=db,
+        dice_after=de,
+        dice_change=dc,
+        changed_voxels=int((baseline != edited).sum()),
+        changed_tokens=changed_tokens,
+        rerun_slices=rerun_slices,
+        edits=summaries,
+    )

@@ -1,0 +1,187 @@
+"""PrefixCache: one volume run up to the hook point once, for many interventions.
+
+An intervention changes the activation at the hook only, so everything before it is fixed
+per (volume, model, hook). :class:`PrefixCache` runs ``model.run_prefix`` over the volume's
+prepared slices once and keeps the results, the unedited logits and labels, and a map from
+every case-grid voxel to the hook-grid token it falls in, so scope masks on the case grid
+(RAS ``[x, y, z]``) become token masks.
+
+Token order (the global token index ``t``) follows the tokens convention of the SAE package:
+slice ``k`` of the prepared stack, row ``i``, column ``j`` of the hook grid ``(h, w)`` ->
+``t = (k * h + i) * w + j`` -- i.e. ``h.permute(0, 2, 3, 1).reshape(-1, C)`` over the stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseglens_core.models.base import Prefix, SegModel
+
+
+def logits_to_labels(prepared: Any, logits: torch.Tensor) -> np.ndarray:
+    """Map slice logits ``(Z, 4, H, W)`` to a label map ``(X, Y, Z)`` uint8 on the case grid.
+
+    Softmax over classes, resampled to the case grid by ``prepared.to_case_grid`` (which fills
+    outside the brain crop with background), then argmax -- the same path as volume inference.
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    grid = prepared.to_case_grid(probs)
+    grid = grid if isinstance(grid, np.ndarray) else grid.detach().cpu().numpy()
+    return np.argmax(grid, axis=0).astype(np.uint8)
+
+
+def _take_prefix(prefix: Prefix, rows: torch.Tensor) -> Prefix | None:
+    """The prefix restricted to batch rows ``rows``, or None if its cache is not batch-first."""
+    b = prefix.h.shape[0]
+    if any(c.ndim == 0 or c.shape[0] != b for c in prefix.cache):
+        return None
+    return Prefix(
+        hook=prefix.hook,
+        h=prefix.h[rows],
+        cache=tuple(c[rows] for c in prefix.cache),
+        out_size=prefix.out_size,
+    )
+
+
+@dataclass
+class PrefixCache:
+    """Prefix activations of one prepared volume for one model and hook.
+
+    Attributes:
+        model: the segmentation model (eval mode).
+        hook: hook point name.
+        prepared: the ``PreparedCase`` (``.slices`` ``(Z, 4, H, W)``, ``.to_case_grid``).
+        chunks: ``(start, stop, Prefix)`` per slice batch, covering slices ``0..Z``.
+        baseline_logits: unedited logits ``(Z, 4, H, W)`` float32, on CPU.
+        baseline_labels: unedited label map ``(X, Y, Z)`` uint8, case grid.
+        token_of_voxel: ``(X, Y, Z)`` int64 global token index of every case voxel, -1 outside
+            the prepared crop.
+        hook_shape: ``(h, w)`` of the hook grid; ``channels`` the activation width ``C``.
+    """
+
+    model: SegModel
+    hook: str
+    prepared: Any
+    chunks: list[tuple[int, int, Prefix]]
+    baseline_logits: torch.Tensor
+    baseline_labels: np.ndarray
+    token_of_voxel: np.ndarray
+    hook_shape: tuple[int, int]
+    channels: int
+    _tokens: torch.Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls, model: SegModel, prepared: Any, hook: str | None = None, *, batch_size: int = 16
+    ) -> PrefixCache:
+        """Run the prefix over ``prepared.slices`` in batches of ``batch_size`` slices.
+
+        ``hook`` defaults to ``model.default_hook``. The model is put in eval mode.
+        """
+        hook = hook or model.default_hook
+        model.check_hook(hook)
+        model.eval()
+        device = next(model.parameters()).device
+        slices = prepared.slices
+        slices = slices if isinstance(slices, torch.Tensor) else torch.from_numpy(np.asarray(slices))
+        chunks: list[tuple[int, int, Prefix]] = []
+        logits = []
+        for start in range(0, slices.shape[0], batch_size):
+            stop = min(start + batch_size, slices.shape[0])
+            p = model.run_prefix(slices[start:stop].to(device, torch.float32), hook)
+            chunks.append((start, stop, p))
+            logits.append(model.run_suffix(p, p.h).float().cpu())
+        baseline_logits = torch.cat(logits)
+        _, c, h, w = chunks[0][2].h.shape
+        cache = cls(
+            model=model,
+            hook=hook,
+            prepared=prepared,
+            chunks=chunks,
+            baseline_logits=baseline_logits,
+            baseline_labels=logits_to_labels(prepared, baseline_logits),
+            token_of_voxel=_voxel_to_token(prepared, slices.shape, (h, w)),
+            hook_shape=(h, w),
+            channels=c,
+        )
+        return cache
+
+    @property
+    def n_slices(self) -> int:
+        """Number of prepared slices ``Z``."""
+        return self.chunks[-1][1]
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the volume: ``Z * h * w``."""
+        return self.n_slices * self.hook_shape[0] * self.hook_shape[1]
+
+    def tokens(self) -> torch.Tensor:
+        """All hook activations as tokens ``(Z*h*w, C)`` (a cached view; do not modify)."""
+        if self._tokens is None:
+            self._tokens = torch.cat(
+                [p.h.permute(0, 2, 3, 1).reshape(-1, self.channels) for _, _, p in self.chunks]
+            )
+        return self._tokens
+
+    def voxels_to_tokens(self, mask: np.ndarray) -> np.ndarray:
+        """Case-grid boolean mask ``(X, Y, Z)`` -> token mask ``(Z*h*w,)``: a token is in when
+        any voxel of its cell is."""
+        out = np.zeros(self.n_tokens, dtype=bool)
+        idx = self.token_of_voxel[mask & (self.token_of_voxel >= 0)]
+        out[idx] = True
+        return out
+
+    @torch.no_grad()
+    def run_edited(self, token_delta: dict[int, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Logits ``(Z, 4, H, W)`` with ``delta`` added to the hook activation at some tokens.
+
+        ``token_delta`` maps a slice index ``k`` to a tuple-free dense delta ``(C, h, w)``. Only
+        slices with a delta re-run the suffix; the others keep the cached logits bit for bit.
+        Returns the logits and the number of slices re-run.
+        """
+        logits = self.baseline_logits.clone()
+        for start, stop, p in self.chunks:
+            ks = sorted(k for k in token_delta if start <= k < stop)
+            if not ks:
+                continue
+            rows = torch.tensor([k - start for k in ks], device=p.h.device)
+            sub = _take_prefix(p, rows)
+            if sub is None:  # opaque cache: re-run the whole batch, keep only the edited rows
+                sub, keep = p, rows
+            else:
+                keep = torch.arange(len(ks), device=p.h.device)
+            h_new = sub.h.clone()
+            for r, k in zip(keep.tolist(), ks, strict=True):
+                h_new[r] = sub.h[r] + token_delta[k].to(sub.h.device, sub.h.dtype)
+            out = self.model.run_suffix(sub, h_new).float().cpu()
+            logits[ks] = out[keep.cpu()]
+        return logits, len(token_delta)
+
+
+def _voxel_to_token(prepared: Any, slices_shape: torch.Size, hook_shape: tuple[int, int]) -> np.ndarray:
+    """For each case voxel, the global token index its value comes from (-1 outside the crop).
+
+    Built without knowing the preprocessing: coordinate maps (slice index, pixel row, pixel
+    column, ones) are pushed through ``prepared.to_case_grid`` like probabilities would be.
+    """
+    z, _, hh, ww = slices_shape
+    h, w = hook_shape
+    k = torch.arange(z, dtype=torch.float32).view(z, 1, 1).expand(z, hh, ww)
+    rows = torch.arange(hh, dtype=torch.float32).view(1, hh, 1).expand(z, hh, ww)
+    cols = torch.arange(ww, dtype=torch.float32).view(1, 1, ww).expand(z, hh, ww)
+    ones = torch.ones(z, hh, ww)
+    grid = prepared.to_case_grid(torch.stack([k, rows, cols, ones], dim=1))
+    grid = grid if isinstance(grid, np.ndarray) else grid.detach().cpu().numpy()
+    valid = grid[3] > 0.999
+    kk = np.clip(np.rint(grid[0]), 0, z - 1).astype(np.int64)
+    ii = np.clip(np.floor(np.rint(grid[1]) * h / hh), 0, h - 1).astype(np.int64)
+    jj = np.clip(np.floor(np.rint(grid[2]) * w / ww), 0, w - 1).astype(np.int64)
+    out = (kk * h + ii) * w + jj
+    out[~valid] = -1
+    return out
