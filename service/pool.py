@@ -1,0 +1,243 @@
+"""The resident model pool: every zoo model and SAE loaded once, bounded blocking work per device.
+
+- Loads ``ZOO/models/<id>/`` with ``medseglens_core.models.load_model`` and ``ZOO/saes/<id>/`` with
+  ``medseglens_core.sae.load_sae``, moves them to the configured device and keeps them for the life
+  of the process. A missing or empty zoo is tolerated (``/readyz`` then says not ready); an entry that
+  fails to load is recorded in ``load_errors`` and skipped.
+- ``await pool.run(fn, *args, device=...)`` runs blocking work (inference) in a worker thread, at most
+  ``concurrency`` calls at a time per device, so the event loop stays free.
+- ``pool.prefix_cache`` is a byte-bounded LRU of prefix activations keyed by ``(volume_id, model_id)``
+  so that interventions re-run only the network after the hook point.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from medseglens_core.errors import MedSegLensError
+from service.observability import Metrics
+
+log = logging.getLogger("medseglens.pool")
+T = TypeVar("T")
+Loader = Callable[[Path], tuple[Any, dict]]
+_LOAD_ERRORS = (MedSegLensError, OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError)
+
+
+@dataclass
+class Resident:
+    """A loaded model or SAE: the object, its card (with ``id``) and the device it lives on."""
+
+    id: str
+    obj: Any
+    card: dict[str, Any]
+    device: str
+    path: Path
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other specs are returned unchanged."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def nbytes_of(value: Any) -> int:
+    """Bytes held by tensors/arrays inside ``value`` (nested in dicts, lists, tuples or dataclasses)."""
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):
+        return int(value.element_size() * value.nelement())
+    if hasattr(value, "nbytes") and isinstance(getattr(value, "nbytes", None), int):
+        return int(value.nbytes)
+    if isinstance(value, dict):
+        return sum(nbytes_of(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(nbytes_of(v) for v in value)
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(nbytes_of(getattr(value, f)) for f in value.__dataclass_fields__)
+    return 0
+
+
+@dataclass
+class LRUByteCache:
+    """A thread-safe LRU of prefix activations, bounded in bytes (``max_bytes``; 0 disables it).
+
+    Keys are ``(volume_id, model_id)`` (any hashable works). An item larger than the budget is not kept.
+    """
+
+    max_bytes: int
+    _items: OrderedDict[Hashable, tuple[Any, int]] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+
+    def get(self, key: Hashable) -> Any | None:
+        """The cached value (marked most recently used) or None."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key: Hashable, value: Any, nbytes: int | None = None) -> bool:
+        """Store ``value`` (size ``nbytes``, measured when None), evicting least recently used items.
+
+        Returns False when the item alone is over the budget (nothing is stored then).
+        """
+        size = nbytes_of(value) if nbytes is None else int(nbytes)
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self._items.pop(key)[1]
+            if size > self.max_bytes:
+                return False
+            while self._items and self.bytes + size > self.max_bytes:
+                _, (_, old) = self._items.popitem(last=False)
+                self.bytes -= old
+            self._items[key] = (value, size)
+            self.bytes += size
+            return True
+
+    def invalidate(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Drop every key for which ``predicate(key)`` is true (e.g. all of a deleted volume)."""
+        with self._lock:
+            doomed = [k for k in self._items if predicate(k)]
+            for k in doomed:
+                self.bytes -= self._items.pop(k)[1]
+            return len(doomed)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _default_model_loader(path: Path) -> tuple[Any, dict]:
+    from medseglens_core.models import load_model
+
+    return load_model(path)
+
+
+def _default_sae_loader(path: Path) -> tuple[Any, dict]:
+    from medseglens_core.sae import load_sae
+
+    return load_sae(path)
+
+
+class ModelPool:
+    """Models and SAEs resident on one device, with a bounded executor per device."""
+
+    def __init__(
+        self,
+        zoo: Path,
+        *,
+        device: str = "auto",
+        concurrency: int = 1,
+        prefix_cache_bytes: int = 2 * 2**30,
+        metrics: Metrics | None = None,
+        model_loader: Loader | None = None,
+        sae_loader: Loader | None = None,
+    ) -> None:
+        self.zoo = Path(zoo)
+        self.device_spec = device
+        self.device: str | None = None
+        self.concurrency = concurrency
+        self.metrics = metrics
+        self.models: dict[str, Resident] = {}
+        self.saes: dict[str, Resident] = {}
+        self.load_errors: dict[str, str] = {}
+        self.prefix_cache = LRUByteCache(prefix_cache_bytes)
+        self._model_loader = model_loader or _default_model_loader
+        self._sae_loader = sae_loader or _default_sae_loader
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+
+    @staticmethod
+    def _entries(root: Path) -> list[Path]:
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and (p / "card.json").is_file())
+
+    def load(self) -> None:
+        """Load every model and SAE of the zoo (once; call again after ``close`` to reload)."""
+        model_dirs = self._entries(self.zoo / "models")
+        sae_dirs = self._entries(self.zoo / "saes")
+        if model_dirs or sae_dirs:
+            self.device = resolve_device(self.device_spec)
+        for kind, dirs, loader, target in (
+            ("model", model_dirs, self._model_loader, self.models),
+            ("sae", sae_dirs, self._sae_loader, self.saes),
+        ):
+            for path in dirs:
+                self._load_one(kind, path, loader, target)
+        if self.metrics is not None:
+            self.metrics.models_loaded.labels("model").set(len(self.models))
+            self.metrics.models_loaded.labels("sae").set(len(self.saes))
+        log.info(
+            "pool loaded", extra={"models": len(self.models), "saes": len(self.saes), "device": self.device}
+        )
+
+    def _load_one(self, kind: str, path: Path, loader: Loader, target: dict[str, Resident]) -> None:
+        item_id = path.name
+        start = time.perf_counter()
+        try:
+            obj, card = loader(path)
+            if hasattr(obj, "to"):
+                obj = obj.to(self.device)
+            if hasattr(obj, "eval"):
+                obj.eval()
+        except _LOAD_ERRORS as exc:
+            self.load_errors[f"{kind}:{item_id}"] = f"{type(exc).__name__}: {exc}"
+            log.error("failed to load", extra={"kind": kind, "item": item_id, "error": str(exc)})
+            return
+        card = dict(card)
+        card.setdefault("id", item_id)
+        target[item_id] = Resident(item_id, obj, card, self.device or "cpu", path)
+        log.info(
+            "loaded", extra={"kind": kind, "item": item_id, "seconds": round(time.perf_counter() - start, 3)}
+        )
+
+    @property
+    def ready(self) -> bool:
+        """True when at least one model is resident."""
+        return bool(self.models)
+
+    def limiter(self, device: str | None = None) -> anyio.CapacityLimiter:
+        """The capacity limiter of ``device`` (default: the pool's device), made on first use."""
+        key = device or self.device or "cpu"
+        if key not in self._limiters:
+            self._limiters[key] = anyio.CapacityLimiter(self.concurrency)
+        return self._limiters[key]
+
+    async def run(
+        self, fn: Callable[..., T], *args: Any, device: str | None = None, kind: str = "inference"
+    ) -> T:
+        """Run blocking ``fn(*args)`` in a worker thread, bounded per device; records its seconds."""
+        dev = device or self.device or "cpu"
+        start = time.perf_counter()
+        try:
+            return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter(dev))
+        finally:
+            if self.metrics is not None:
+                self.metrics.inference_seconds.labels(kind, dev).observe(time.perf_counter() - start)
+
+    def close(self) -> None:
+        """Drop every resident object and free cached GPU memory."""
+        self.models.clear()
+        self.saes.clear()
+        self.prefix_cache.invalidate(lambda _k: True)
+        if self.device and self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()

@@ -1,0 +1,74 @@
+"""Liveness, readiness and Prometheus metrics (no API key: probes and scrapers call these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from service.db import ping
+from service.deps import MetricsDep, PoolDep, SettingsDep
+from service.errors import ServiceUnavailable, problem_responses
+
+router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, Any]
+
+
+def redis_ping(url: str) -> bool:
+    """True when Redis at ``url`` answers PING within half a second."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up (it answers); says nothing about its dependencies."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses=problem_responses(503))
+def readyz(request: Request, settings: SettingsDep, pool: PoolDep) -> Readiness:
+    """Ready to serve: models resident, database reachable, queue reachable when one is configured."""
+    checks: dict[str, Any] = {
+        "database": ping(request.app.state.engine),
+        "models": {"ready": pool.ready, "models": len(pool.models), "saes": len(pool.saes)},
+    }
+    if pool.load_errors:
+        checks["models"]["errors"] = sorted(pool.load_errors)
+    ok = checks["database"] and pool.ready
+    if settings.redis_url:
+        checks["queue"] = redis_ping(settings.redis_url)
+        ok = ok and checks["queue"]
+    if not ok:
+        failing = [k for k, v in checks.items() if v is False or (isinstance(v, dict) and not v.get("ready"))]
+        raise ServiceUnavailable(f"Not ready: {', '.join(failing)}.", checks=checks)
+    return Readiness(status="ready", checks=checks)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}
+    },
+)
+def metrics(metrics: MetricsDep, pool: PoolDep) -> Response:
+    """Prometheus metrics: request latency by route, inference seconds, resident models, queue depth."""
+    metrics.models_loaded.labels("model").set(len(pool.models))
+    metrics.models_loaded.labels("sae").set(len(pool.saes))
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,195 @@
+"""Streaming multipart uploads: straight to disk, counted, hashed, limited.
+
+Nothing is held whole in memory: each file part is written to ``<dest>/<role>.part`` as its bytes
+arrive, with a running sha256. The byte limit is enforced twice: ``Content-Length`` is checked before
+a single body byte is read, and the bytes actually received are counted while streaming (for chunked
+bodies or a lying header). Client file names and part headers are never kept, logged or returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import python_multipart
+from python_multipart.multipart import parse_options_header
+from starlette.requests import Request
+
+from service.errors import InvalidUpload, PayloadTooLarge, ServiceError, UnsupportedMediaType
+
+GZIP_MAGIC = b"\x1f\x8b"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass
+class UploadedFile:
+    """One received file part: where it is, its sha256 (hex) and size in bytes."""
+
+    role: str
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass
+class ParsedUpload:
+    """Every part of a multipart body: file parts by role, text fields by name."""
+
+    files: dict[str, UploadedFile] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def check_content_length(request: Request, max_bytes: int) -> None:
+    """Refuse (413) a request whose declared ``Content-Length`` is over ``max_bytes``; reads no body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(
+            f"Upload of {int(declared)} bytes is over the limit of {max_bytes} bytes "
+            "(MEDSEGLENS_MAX_UPLOAD_BYTES); send smaller files or raise the limit.",
+            headers={"Connection": "close"},
+        )
+
+
+class _Receiver:
+    """python-multipart callbacks that route each part to a file on disk or a small text buffer."""
+
+    def __init__(self, dest: Path, file_fields: frozenset[str], text_fields: frozenset[str], max_text: int):
+        self.dest = dest
+        self.file_fields = file_fields
+        self.text_fields = text_fields
+        self.max_text = max_text
+        self.result = ParsedUpload()
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._name = ""
+        self._fh: IO[bytes] | None = None
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._text = bytearray()
+
+    def on_part_begin(self) -> None:
+        self._disposition = b""
+        self._name = ""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self._header_name.strip().lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = b""
+        self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        raw_name = options.get(b"name")
+        if raw_name is None:
+            raise ServiceError("A multipart part has no name; name each part (t1n, t1c, ...).")
+        name = raw_name.decode("latin-1")
+        allowed = sorted(self.file_fields | self.text_fields)
+        if name not in allowed:
+            shown = repr(name) if _SAFE_NAME.match(name) else "with an unexpected name"
+            raise InvalidUpload(f"Unknown form field {shown}; expected some of {', '.join(allowed)}.")
+        if name in self.result.files or name in self.result.fields:
+            raise InvalidUpload(f"Form field {name!r} was sent twice; send each part once.")
+        self._name = name
+        if name in self.file_fields:
+            self._fh = open(self.dest / f"{name}.part", "wb")  # noqa: SIM115 - closed in on_part_end/close
+            self._hash = hashlib.sha256()
+            self._size = 0
+        else:
+            self._text = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._fh is not None:
+            self._fh.write(chunk)
+            self._hash.update(chunk)
+            self._size += len(chunk)
+        else:
+            if len(self._text) + len(chunk) > self.max_text:
+                raise InvalidUpload(f"Form field {self._name!r} is over {self.max_text} bytes.")
+            self._text.extend(chunk)
+
+    def on_part_end(self) -> None:
+        if self._fh is None:
+            try:
+                self.result.fields[self._name] = self._text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidUpload(f"Form field {self._name!r} is not UTF-8 text.") from exc
+            return
+        self._fh.close()
+        self._fh = None
+        part = self.dest / f"{self._name}.part"
+        if self._size == 0:
+            raise InvalidUpload(f"File {self._name!r} is empty; send the NIfTI file's bytes.")
+        with open(part, "rb") as fh:
+            gz = fh.read(2) == GZIP_MAGIC
+        # The loader picks gzip by suffix: name the file by its content, never by the client's name.
+        final = self.dest / (f"{self._name}.nii.gz" if gz else f"{self._name}.nii")
+        part.rename(final)
+        self.result.files[self._name] = UploadedFile(self._name, final, self._hash.hexdigest(), self._size)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+async def receive_multipart(
+    request: Request,
+    dest: Path,
+    *,
+    max_bytes: int,
+    file_fields: frozenset[str],
+    text_fields: frozenset[str],
+    max_text_bytes: int = 64 * 1024,
+) -> ParsedUpload:
+    """Stream a ``multipart/form-data`` body into ``dest``; raise 415/413/400/422 service errors.
+
+    ``dest`` must be a fresh staging directory; on error the caller discards it (partial files stay
+    inside it). File parts land as ``<dest>/<role>.nii.gz`` (gzip magic) or ``<role>.nii``.
+    """
+    content_type = request.headers.get("content-type", "")
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data":
+        raise UnsupportedMediaType("Send the upload as multipart/form-data (one part per file).")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ServiceError("The multipart Content-Type has no boundary parameter.")
+    check_content_length(request, max_bytes)
+
+    receiver = _Receiver(dest, file_fields, text_fields, max_text_bytes)
+    callbacks = {
+        "on_part_begin": receiver.on_part_begin,
+        "on_header_field": receiver.on_header_field,
+        "on_header_value": receiver.on_header_value,
+        "on_header_end": receiver.on_header_end,
+        "on_headers_finished": receiver.on_headers_finished,
+        "on_part_data": receiver.on_part_data,
+        "on_part_end": receiver.on_part_end,
+    }
+    parser = python_multipart.MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLarge(
+                    f"Upload is over the limit of {max_bytes} bytes (MEDSEGLENS_MAX_UPLOAD_BYTES).",
+                    headers={"Connection": "close"},
+                )
+            parser.write(chunk)
+        parser.finalize()
+    except python_multipart.exceptions.FormParserError as exc:
+        raise ServiceError("Malformed multipart body; check the boundary and part headers.") from exc
+    finally:
+        receiver.close()
+    return receiver.result
