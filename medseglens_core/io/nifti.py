@@ -48,7 +48,7 @@ from medseglens_core.io.errors import (
 __all__ = ["NiftiVolume", "read_nifti", "source_label"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_CHUNK = 8 * 2**20
+_CHUNK = 2**20  # small: memory follows the bytes actually inflated, not the claimed size
 # Bytes past the declared data that a gzip stream may still inflate to before we give up
 # verifying it (bounds the CPU a decompression bomb can cost).
 _MAX_TRAILING = 64 * 2**20
