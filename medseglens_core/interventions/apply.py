@@ -25,26 +25,18 @@ from scipy import ndimage
 from medseglens_core.interventions.cache import PrefixCache, logits_to_labels
 from medseglens_core.interventions.errors import LatentOutOfRange, MissingMask, MissingReference
 from medseglens_core.interventions.spec import Edit, InterventionSpec
+from medseglens_core.metrics import LABELS, REGIONS, dice, region_volumes_ml
 
-#: Label values of each region (BraTS 2023 labels).
+#: Label values of each region and label name (BraTS 2023): WT, TC, ET, NCR, SNFH.
 REGION_LABELS: dict[str, tuple[int, ...]] = {
-    "WT": (1, 2, 3),
-    "TC": (1, 3),
-    "ET": (3,),
-    "NCR": (1,),
-    "SNFH": (2,),
+    **REGIONS,
+    **{k: (v,) for k, v in LABELS.items() if k not in REGIONS},
 }
 
 
 def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
     """Boolean mask of ``region`` (WT, TC, ET, NCR, SNFH) in a label map of any shape."""
     return np.isin(labels, REGION_LABELS[region])
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    denom = int(pred.sum()) + int(gt.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / denom
 
 
 def dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
@@ -100,12 +92,6 @@ class InterventionResult:
         """Everything but the label arrays, JSON-serialisable."""
         out = {k: v for k, v in asdict(self).items() if k not in ("baseline_labels", "edited_labels")}
         return out
-
-
-def volumes_ml(labels: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
-    """Per-region volume in mL of a label map with voxel ``spacing`` (mm)."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    return {r: float(region_mask(labels, r).sum()) * voxel_ml for r in REGION_LABELS}
 
 
 def scope_tokens(
@@ -275,7 +261,7 @@ def summarise(
     summaries: list[EditSummary],
 ) -> InterventionResult:
     """Build the :class:`InterventionResult` of a baseline/edited pair."""
-    vb, ve = volumes_ml(baseline, spacing), volumes_ml(edited, spacing)
+    vb, ve = region_volumes_ml(baseline, spacing), region_volumes_ml(edited, spacing)
     if label is not None:
         db = {r: dice(region_mask(baseline, r), region_mask(label, r)) for r in REGION_LABELS}
         de = {r: dice(region_mask(edited, r), region_mask(label, r)) for r in REGION_LABELS}
