@@ -2,8 +2,9 @@
 
 Params: ``model_id`` and ``sae_id`` (zoo names), ``cohorts`` (zoo data names), ``reference``
 (cohort or null), ``title``, plus builder options passed through (``alpha``, ``top_k`` ...).
-The report (``report.json``, ``report.html``) is built in ``<data_dir>/reports/.staging-<job>``
-and renamed to ``<data_dir>/reports/<report_id>/``; its link is ``/v1/diff-reports/<report_id>``.
+The report (``report.json``, ``report.html``) is built in ``ZOO/reports/.staging-<job>/report``
+and renamed to ``ZOO/reports/<report_id>/`` when complete, where ``GET /v1/diff-reports`` finds
+it; its link is ``/v1/diff-reports/<report_id>``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         catalog_dir(ctx.zoo / "data", c, "cohort")
     build = resolve("medseglens_core.reports", ("build_diff_report",))
     report_id = new_id()
-    staging = fresh_dir(ctx.data_dir / "reports" / f".staging-{ctx.job_id}")
+    staging_root = fresh_dir(ctx.zoo / "reports" / f".staging-{ctx.job_id}")
+    staging = fresh_dir(staging_root / "report")
     try:
         model, model_card = ctx.resources.model(model_dir, ctx.device)
         sae, sae_card = ctx.resources.sae(sae_dir, ctx.device)
@@ -50,9 +52,9 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         )
         if ctx.should_stop():
             raise JobStopped("stopped while building the report")
-        publish_dir(staging, ctx.data_dir / "reports" / report_id)
+        publish_dir(staging, ctx.zoo / "reports" / report_id)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging_root, ignore_errors=True)
     return {"result_ref": f"/v1/diff-reports/{report_id}", "report_id": report_id}
 
 

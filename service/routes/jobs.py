@@ -1,0 +1,217 @@
+"""``/v1/jobs``: submit SAE training, diff reports and recovery benchmarks; read, list, cancel.
+
+Submissions answer 202 with the job and a ``Location``; a retried POST with the same
+``Idempotency-Key`` (per API key) returns the same job. The router's lifespan starts the app's
+:class:`~service.jobs.service.JobService` (RQ when ``MEDSEGLENS_REDIS_URL`` is set, else embedded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+
+from service.auth import Principal
+from service.deps import ReadKey, ServerId, TrainKey
+from service.errors import ResourceNotFound, problem_responses, problem_statuses
+from service.jobs.schemas import DiffReportRequest, JobOut, JobPage, RecoveryRequest, SaeTrainingRequest
+from service.jobs.service import JobService
+from service.jobs.states import JobKind, JobState
+from service.jobs.tasks.recovery import RESULT_FILE
+from service.models_db import Volume
+
+log = logging.getLogger("medseglens.jobs")
+
+
+def _register_sae(app: FastAPI, name: str) -> None:
+    """Make a newly published ``ZOO/saes/<name>`` resident in the app's pool (so GET /v1/saes lists it)."""
+    pool = app.state.pool
+    if name in pool.saes:
+        return
+    register = getattr(pool, "register_sae", None)
+    if callable(register):
+        register(name)
+        return
+    if pool.device is None:  # the pool started on an empty zoo and never picked a device
+        from service.pool import resolve_device
+
+        pool.device = resolve_device(pool.device_spec)
+    pool._load_one("sae", pool.zoo / "saes" / name, pool._sae_loader, pool.saes)
+
+
+def _build(app: FastAPI) -> JobService:
+    settings = app.state.settings
+    pool = getattr(app.state, "pool", None)
+    return JobService(
+        app.state.sessionmaker,
+        redis_url=settings.redis_url,
+        data_dir=settings.data_dir,
+        zoo=settings.zoo_dir,
+        device=(pool.device if pool is not None and pool.device else "cpu"),
+        on_sae_published=(lambda name: _register_sae(app, name)) if pool is not None else None,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the job service after the app's own lifespan made the database and pool."""
+    service = _build(app)
+    await anyio.to_thread.run_sync(service.start)
+    app.state.jobs = service
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(service.close)
+
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], lifespan=lifespan)
+
+
+def get_jobs(request: Request) -> JobService:
+    """The app's job service."""
+    return request.app.state.jobs
+
+
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=120,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Any printable token; a retried POST with the same key returns the same job.",
+    ),
+]
+SUBMIT = problem_responses(*problem_statuses([404, 409, 503]))
+
+
+def _check_zoo(
+    request: Request, *, models: tuple[str, ...] = (), saes: tuple[str, ...] = (), cohorts=()
+) -> None:
+    zoo = request.app.state.settings.zoo_dir
+    pool = request.app.state.pool
+    for m in models:
+        if m not in pool.models and not (zoo / "models" / m / "card.json").is_file():
+            raise ResourceNotFound(f"No model {m!r} in the zoo; list models with GET /v1/models.")
+    for s in saes:
+        if s not in pool.saes and not (zoo / "saes" / s / "card.json").is_file():
+            raise ResourceNotFound(f"No SAE {s!r} in the zoo; list SAEs with GET /v1/saes.")
+    for c in cohorts:
+        if not (zoo / "data" / c).is_dir():
+            raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/ folder.")
+
+
+def _check_volumes(request: Request, volume_ids: list[str]) -> None:
+    with request.app.state.sessionmaker() as session:
+        missing = [v for v in volume_ids if session.get(Volume, v) is None]
+    if missing:
+        raise ResourceNotFound(f"No volume(s) {', '.join(missing[:5])}; list volumes with GET /v1/volumes.")
+
+
+async def _submit(
+    jobs: JobService, response: Response, key: Principal, kind: JobKind, body: Any, idem: str | None
+) -> JobOut:
+    scoped = f"{key.key_id}:{idem}" if idem else None
+    params = body.model_dump(mode="json")
+    job, created = await anyio.to_thread.run_sync(lambda: jobs.submit(kind.value, params, scoped))
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.of(job)
+
+
+@router.post("/sae-training", status_code=202, response_model=JobOut, responses=SUBMIT)
+async def create_sae_training_job(
+    key: TrainKey,
+    body: SaeTrainingRequest,
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    idem: IdempotencyKey = None,
+) -> JobOut:
+    """Queue SAE training on a zoo model's activations; the SAE appears in GET /v1/saes when done."""
+    _check_zoo(request, models=(body.model_id,), cohorts=tuple(body.cohorts or ()))
+    if body.volume_ids:
+        _check_volumes(request, body.volume_ids)
+    return await _submit(jobs, response, key, JobKind.SAE_TRAINING, body, idem)
+
+
+@router.post("/diff-report", status_code=202, response_model=JobOut, responses=SUBMIT)
+async def create_diff_report_job(
+    key: TrainKey,
+    body: DiffReportRequest,
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    idem: IdempotencyKey = None,
+) -> JobOut:
+    """Queue a cross-dataset diff report; it appears in GET /v1/diff-reports when done."""
+    _check_zoo(request, models=(body.model_id,), saes=(body.sae_id,), cohorts=tuple(body.cohorts))
+    return await _submit(jobs, response, key, JobKind.DIFF_REPORT, body, idem)
+
+
+@router.post("/recovery", status_code=202, response_model=JobOut, responses=SUBMIT)
+async def create_recovery_job(
+    key: TrainKey,
+    body: RecoveryRequest,
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    idem: IdempotencyKey = None,
+) -> JobOut:
+    """Queue a recovery benchmark; its result is served by GET /v1/jobs/{job_id}/result."""
+    _check_zoo(request, models=(body.model_id,), saes=(body.sae_id,), cohorts=(body.cohort, body.reference))
+    return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
+
+
+@router.get("", response_model=JobPage, responses=problem_responses(*problem_statuses()))
+async def list_jobs(
+    key: ReadKey,
+    jobs: JobsDep,
+    state: JobState | None = None,
+    kind: JobKind | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> JobPage:
+    """Jobs, newest first, optionally filtered by state and kind."""
+    items, total = await anyio.to_thread.run_sync(
+        lambda: jobs.list(state=state and state.value, kind=kind and kind.value, limit=limit, offset=offset)
+    )
+    return JobPage(items=[JobOut.of(j) for j in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(*problem_statuses([404])))
+async def get_job(key: ReadKey, job_id: ServerId, jobs: JobsDep) -> JobOut:
+    """One job: state, progress, latest metrics, last log lines and, when succeeded, the result link."""
+    job = await anyio.to_thread.run_sync(jobs.get, job_id)
+    if job.state == JobState.SUCCEEDED.value and job.kind == JobKind.SAE_TRAINING.value:
+        await anyio.to_thread.run_sync(jobs.sync_saes)  # a remote worker's SAE: list it right away
+    return JobOut.of(job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(*problem_statuses([404, 409])),
+)
+async def cancel_job(key: TrainKey, job_id: ServerId, jobs: JobsDep) -> JobOut:
+    """Cancel: a queued job ends now; a running one stops within seconds (state ``cancelled``)."""
+    return JobOut.of(await anyio.to_thread.run_sync(jobs.cancel, job_id))
+
+
+@router.get(
+    "/{job_id}/result", response_model=dict[str, Any], responses=problem_responses(*problem_statuses([404]))
+)
+async def get_job_result(key: ReadKey, job_id: ServerId, jobs: JobsDep, request: Request) -> dict[str, Any]:
+    """The JSON result of a finished recovery benchmark."""
+    job = await anyio.to_thread.run_sync(jobs.get, job_id)
+    path = request.app.state.settings.data_dir / "jobs" / job.id / RESULT_FILE
+    if job.state != JobState.SUCCEEDED.value or not path.is_file():
+        raise ResourceNotFound(f"Job {job_id} has no JSON result (state {job.state}); see its result_link.")
+    return json.loads(path.read_text())

@@ -1,0 +1,106 @@
+"""Embedded mode (no Redis): the API runs jobs in its own threads with the same states, progress, cancel."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.jobs import fake_tasks  # noqa: F401 - registers the fake trainer behind sae_training
+from tests.jobs.helpers import FAST_JOB_ENV, Api, make_zoo, published_saes
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    zoo = make_zoo(tmp_path / "zoo")
+    api = Api(tmp_path / "data", zoo, None)
+    yield api, tmp_path, zoo
+    api.close()
+
+
+def test_submit_progress_succeeds_and_sae_is_listed(env):
+    api, _, zoo = env
+    r = api.submit({"tokens": 20})
+    assert r.status_code == 202, r.text
+    assert r.headers["Location"] == f"/v1/jobs/{r.json()['id']}"
+    job_id = r.json()["id"]
+    seen = api.wait(job_id, lambda j: j["state"] == "running" and j["metrics"].get("step", 0) > 0)
+    assert 0 < seen["progress"] < 1 and "loss" in seen["metrics"] and "l0" in seen["metrics"]
+    done = api.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done
+    assert done["progress"] == 1.0 and done["metrics"]["step"] == 20
+    sae_id = done["metrics"]["result"]["sae_id"]
+    assert done["result_link"] == f"/v1/saes/{sae_id}"
+    assert published_saes(zoo) == [sae_id]  # staging removed, one entry published
+    listed = api.client.get("/v1/saes", headers=api.h(api.read_key)).json()
+    assert sae_id in str(listed)
+
+
+def test_cancel_running_job_leaves_no_sae(env):
+    api, _, zoo = env
+    job_id = api.submit({"tokens": 400}).json()["id"]
+    api.wait(job_id, lambda j: j["metrics"].get("step", 0) >= 2)
+    r = api.client.delete(f"/v1/jobs/{job_id}", headers=api.h())
+    assert r.status_code == 202 and r.json()["cancel_requested"] is True
+    done = api.wait(job_id, lambda j: j["state"] != "running", timeout=3.0)
+    assert done["state"] == "cancelled"
+    assert done["metrics"]["step"] < 400
+    assert published_saes(zoo) == []
+    assert api.client.delete(f"/v1/jobs/{job_id}", headers=api.h()).status_code == 202  # idempotent
+
+
+def test_failure_is_recorded_with_reason(env):
+    api, _, zoo = env
+    job_id = api.submit({"seed": 666}).json()["id"]
+    done = api.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"))
+    assert done["state"] == "failed" and "planted failure" in done["error"]
+    assert published_saes(zoo) == []
+    assert api.client.delete(f"/v1/jobs/{job_id}", headers=api.h()).status_code == 409
+
+
+def test_restart_keeps_jobs_and_resumes_interrupted_one(env):
+    api, tmp_path, zoo = env
+    finished = api.submit({"tokens": 2}).json()["id"]
+    api.wait(finished, lambda j: j["state"] == "succeeded")
+    running = api.submit({"tokens": 400}).json()["id"]
+    api.wait(running, lambda j: j["metrics"].get("step", 0) >= 2)
+    api.close()  # graceful stop: the running job goes back to the queue
+    api2 = Api(tmp_path / "data", zoo, None)
+    try:
+        assert api2.job(finished)["state"] == "succeeded"
+        resumed = api2.wait(running, lambda j: j["state"] == "running" and j["attempts"] == 2)
+        assert resumed["id"] == running
+        api2.client.delete(f"/v1/jobs/{running}", headers=api2.h())
+        assert api2.wait(running, lambda j: j["state"] == "cancelled", timeout=3.0)
+    finally:
+        api2.close()
+
+
+def test_idempotency_key_returns_same_job_and_conflicts_on_other_body(env):
+    api, _, _ = env
+    a = api.submit({"tokens": 2}, **{"Idempotency-Key": "k-1"})
+    b = api.submit({"tokens": 2}, **{"Idempotency-Key": "k-1"})
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] == b.json()["id"] and b.headers["Idempotent-Replayed"] == "true"
+    c = api.submit({"tokens": 3}, **{"Idempotency-Key": "k-1"})
+    assert c.status_code == 409 and c.headers["content-type"].startswith("application/problem+json")
+    assert api.client.get("/v1/jobs", headers=api.h(api.read_key)).json()["total"] == 1
+
+
+def test_scopes_validation_and_listing(env):
+    api, _, _ = env
+    assert api.submit().status_code == 202
+    r = api.client.post(
+        "/v1/jobs/sae-training", json={"model_id": "tiny", "cohorts": ["adult"]}, headers=api.h(api.read_key)
+    )
+    assert r.status_code == 403
+    r = api.client.post("/v1/jobs/sae-training", json={"model_id": "tiny"}, headers=api.h())
+    assert r.status_code == 422
+    r = api.client.post(
+        "/v1/jobs/sae-training", json={"model_id": "nope", "cohorts": ["adult"]}, headers=api.h()
+    )
+    assert r.status_code == 404
+    assert api.client.get("/v1/jobs/" + "0" * 32, headers=api.h(api.read_key)).status_code == 404
+    page = api.client.get("/v1/jobs?kind=sae_training&limit=1", headers=api.h(api.read_key)).json()
+    assert page["total"] == 1 and len(page["items"]) == 1
+    assert api.client.get("/v1/jobs?state=failed", headers=api.h(api.read_key)).json()["total"] == 0
