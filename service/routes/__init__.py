@@ -11,7 +11,7 @@ import importlib
 
 from fastapi import APIRouter
 
-V1_MODULES: tuple[str, ...] = ("volumes", "models", "reports")
+V1_MODULES: tuple[str, ...] = ("volumes", "models", "reports", "jobs")
 
 
 def v1_routers() -> list[APIRouter]:
