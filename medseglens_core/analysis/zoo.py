@@ -3,7 +3,8 @@
 Zoo layout (docs/ARCHITECTURE.md): ``ZOO/models/<model_id>/card.json`` and
 ``ZOO/saes/<sae_id>/card.json`` whose ``model_id`` names the model it was trained on.
 An SAE card with a string ``cohort`` field is a per-cohort SAE (used only for cross-cohort
-decoder alignment); every other SAE of a model is a candidate main SAE, the first by id wins.
+decoder alignment); among the other SAEs of a model the main one is the SAE whose card lists the
+most ``cohorts`` (ties: first by id).
 
 Data layout: ``DATA/<cohort>/`` holds case folders, directly or under ``train/val/test``; when a
 ``test`` split exists only it is used (the models never saw those cases).
@@ -73,6 +74,7 @@ def discover_zoo(zoo_dir: Path | str) -> list[ZooEntry]:
         if not main:
             continue
         per_cohort = {str(s[2]["cohort"]): s[1] for s in found if isinstance(s[2].get("cohort"), str)}
+        main.sort(key=lambda s: (-len(s[2].get("cohorts") or []), s[0]))
         sid, sdir, scard = main[0]
         out.append(ZooEntry(model_id, d, card, sid, sdir, scard, per_cohort))
     if not out:
