@@ -270,7 +270,7 @@ def _parse_header(head: bytes, label: str) -> tuple[nib.Nifti1Header, int]:
         raise NotNifti(
             f"{label}: not a NIfTI-1 or NIfTI-2 file ({_describe(head, sizeof)}); upload a .nii or .nii.gz image."
         )
-    if head[345:346] == b"i" or head[5:6] == b"i":
+    if (head[345:346] if sizeof == 348 else head[5:6]) == b"i":  # "ni1" / "ni2": header only
         raise UnsupportedNifti(
             f"{label}: a header-only NIfTI (.hdr/.img pair); convert it to a single .nii or .nii.gz file."
         )
@@ -313,6 +313,13 @@ def _check_dims(
             f"{label}: the 4th axis holds {shape[3]} volumes but {channels} modalities were declared."
         )
     spatial = math.prod(shape[:3])
+    n_volumes = math.prod(shape[3:])
+    # A 4-D file may hold one volume per declared channel (4 when none are declared).
+    max_volumes = channels if channels is not None else (1 if ndim == 3 else 4)
+    if n_volumes > max_volumes:
+        raise TooManyVoxels(
+            f"{label}: the header declares {n_volumes} volumes; at most {max_volumes} are accepted."
+        )
     if spatial > limits.max_voxels:
         raise TooManyVoxels(
             f"{label}: the header declares {spatial} voxels per volume (shape {shape[:3]}), over the limit "
