@@ -24,7 +24,7 @@ from medseglens_core.io.errors import (
     InvalidModalityOrder,
     ModalityShapeMismatch,
 )
-from medseglens_core.io.nifti import NiftiVolume, read_nifti, source_label
+from medseglens_core.io.nifti import NiftiVolume, check_finite_voxels, read_nifti, source_label
 
 __all__ = ["LAYOUTS", "find_cases", "load_case", "load_case_4d", "load_case_from_files"]
 
@@ -103,12 +103,14 @@ def load_case_4d(
     order = normalise_modality_order(modality_order)
     is_bytes = isinstance(path, bytes | bytearray | memoryview)
     case_id = case_id or ("case" if is_bytes else _strip_ext(Path(path).name))
-    vol = read_nifti(path, name="image", limits=limits, ndim=4, channels=len(order))
+    vol = read_nifti(path, name="image", limits=limits, ndim=4, channels=len(order), check_finite=False)
     image_label = source_label(path, "image")
-    channels = [
-        (m, f"{image_label} volume {order.index(m)} ({m})", vol, vol.data[..., order.index(m)])
-        for m in MODALITIES
-    ]
+    channels = []
+    for m in MODALITIES:
+        name = f"{m} ({image_label}, volume {order.index(m)})"
+        data = vol.data[..., order.index(m)]
+        check_finite_voxels(data, name)
+        channels.append((m, name, vol, data))
     seg = None
     if label is not None:
         seg = (source_label(label, "seg"), read_nifti(label, name="seg", limits=limits, as_float=False))

@@ -45,7 +45,7 @@ from medseglens_core.io.errors import (
     WrongDimensionality,
 )
 
-__all__ = ["NiftiVolume", "read_nifti", "source_label"]
+__all__ = ["NiftiVolume", "check_finite_voxels", "read_nifti", "source_label"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 2**20  # small: memory follows the bytes actually inflated, not the claimed size
@@ -96,6 +96,7 @@ def read_nifti(
     ndim: int = 3,
     channels: int | None = None,
     as_float: bool = True,
+    check_finite: bool = True,
 ) -> NiftiVolume:
     """Read and validate one NIfTI file (``.nii`` or ``.nii.gz``, or their bytes).
 
@@ -106,7 +107,9 @@ def read_nifti(
         ndim: 3 for a volume, 4 for one volume per channel on the 4th axis. Trailing axes of
             length 1 beyond the third are ignored (``(X, Y, Z, 1)`` counts as 3-D).
         channels: for ``ndim=4``, the required length of the 4th axis.
-        as_float: return float32 data checked for NaN/Inf; otherwise the stored values.
+        as_float: return float32 data; otherwise the stored values.
+        check_finite: with ``as_float``, raise :class:`NonFiniteVoxels` on NaN/Inf (the 4-D
+            loader turns this off and checks per modality so the message names it).
 
     Raises:
         CaseNotFound, FileTooLarge, NotNifti, CorruptGzip, TruncatedGzip, TruncatedNifti,
@@ -123,7 +126,8 @@ def read_nifti(
     hdr = img.header
     if as_float:
         data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape, order="A")
-        _check_finite(data, label)
+        if check_finite:
+            check_finite_voxels(data, label)
     else:
         data = np.asanyarray(img.dataobj).reshape(shape, order="A")
     return NiftiVolume(
@@ -328,7 +332,8 @@ def _check_dims(
     return shape, math.prod(dim[1 : 1 + dim[0]])
 
 
-def _check_finite(data: np.ndarray, label: str) -> None:
+def check_finite_voxels(data: np.ndarray, label: str) -> None:
+    """Raise :class:`NonFiniteVoxels` (naming ``label``) when ``data`` holds NaN or Inf."""
     finite = np.isfinite(data)
     if finite.all():
         return

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from medseglens_core.errors import InvalidInput, TooLarge
-from medseglens_core.io import MODALITIES, IOLimits, load_case, load_case_from_files, read_nifti
+from medseglens_core.io import MODALITIES, IOLimits, load_case, load_case_4d, load_case_from_files, read_nifti
 from medseglens_core.io.errors import (
     AffineMismatch,
     CorruptGzip,
@@ -255,3 +255,14 @@ def test_error_classes_sit_under_the_library_bases():
     for cls in (TruncatedGzip, CorruptGzip, NotNifti, TruncatedNifti, NonFiniteVoxels, InvalidLabelValues):
         assert issubclass(cls, InvalidInput)
     assert issubclass(FileTooLarge, TooLarge) and issubclass(TooManyVoxels, TooLarge)
+
+
+def test_nan_in_4d_file_names_the_modality_of_its_volume(tmp_path):
+    images, _ = make_arrays()
+    stacked = np.stack([images[m] for m in MODALITIES], axis=-1)
+    stacked[2, 2, 2, 3] = np.nan  # 4th volume, declared as t1c below
+    path = save(stacked, oblique_lps_affine(), tmp_path / "four.nii.gz")
+    expect(
+        NonFiniteVoxels, load_case_4d, path, ["t1n", "t2w", "t2f", "t1c"],
+        match=r"^t1c \(image \(four.nii.gz\), volume 3\): image has 1 NaN", tmp_path=tmp_path,
+    )  # fmt: skip
