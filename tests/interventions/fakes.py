@@ -82,17 +82,18 @@ def identity_sae(d: int = 4) -> ReluSAE:
 
 
 def planted_volume(oedema_gain: float, seed: int, size: int = 16, depth: int = 6):
-    """Slices ``(Z, 4, H, W)`` and labels ``(H, W, Z)``: an ET core (channel 2) ringed by oedema
-    (channel 1 at ``oedema_gain``). Oedema logit 4*gain: found when gain > 0.125."""
+    """Slices ``(Z, 4, H, W)`` and labels ``(H, W, Z)``: an 8x8 oedema square (channel 1 at
+    ``oedema_gain``) with a 4x4 ET core (channel 2) in one corner, aligned to the 4x4 hook cells
+    so no cell mixes tissues. The oedema logit is 4*gain: found when gain > 0.125."""
     rng = np.random.default_rng(seed)
     x = np.zeros((depth, 4, size, size), dtype=np.float32)
     label = np.zeros((size, size, depth), dtype=np.uint8)
-    c = int(rng.integers(6, 10))
+    a, b = (int(v) * 4 for v in rng.integers(0, size // 4 - 1, size=2))
     for z in range(1, depth - 1):
-        x[z, 1, c - 6 : c + 6, c - 6 : c + 6] = oedema_gain
-        label[c - 6 : c + 6, c - 6 : c + 6, z] = 2
-        x[z, 2, c - 2 : c + 2, c - 2 : c + 2] = 1.0
-        x[z, 1, c - 2 : c + 2, c - 2 : c + 2] = 0.0
-        label[c - 2 : c + 2, c - 2 : c + 2, z] = 3
+        x[z, 1, a : a + 8, b : b + 8] = oedema_gain
+        label[a : a + 8, b : b + 8, z] = 2
+        x[z, 2, a + 4 : a + 8, b + 4 : b + 8] = 1.0
+        x[z, 1, a + 4 : a + 8, b + 4 : b + 8] = 0.0
+        label[a + 4 : a + 8, b + 4 : b + 8, z] = 3
     x += rng.normal(0, 0.005, x.shape).astype(np.float32)
     return torch.from_numpy(x), label

@@ -103,7 +103,10 @@ def test_steering_up_weak_oedema_inside_the_predicted_region_recovers_it() -> No
     patch = InterventionSpec(edits=[Edit(latent=1, op="patch", reference_cohort="adult", scope="active")])
     stats = {"adult": np.array([0.0, 0.5, 0.0, 0.0])}
     res2 = apply_spec(cache, sae, patch, label=label, reference_stats=stats)
-    assert res2.dice_after["SNFH"] > 0.5
+    assert res2.edits[0].mean_after == pytest.approx(0.5)  # every active token set to the adult mean
+    assert np.all(
+        res2.edited_labels[label == 2] == 2
+    )  # the whole oedema is found (and more: noise fires too)
 
 
 def test_scope_mask_and_reference_errors() -> None:
