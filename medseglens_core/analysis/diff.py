@@ -144,6 +144,7 @@ def cohort_case_stats(
     regions: tuple[str, ...] = (),
     attribution_mask: AttributionMask = "predicted",
     batch_size: int = 16,
+    max_slices: int | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> CaseLatentStats:
     """Per-case statistics for every cohort, one network pass per case.
@@ -152,6 +153,7 @@ def cohort_case_stats(
         cases_by_cohort: cohort -> ``Case`` objects or case folder paths (loaded lazily).
         hook: hook point; default: ``card['hook']`` / ``model.default_hook``.
         regions: also compute per-case attributions for these regions (``SNFH``...).
+        max_slices: at most this many brain slices per case, evenly spaced (None: all).
     Returns:
         :class:`CaseLatentStats` with, per cohort, ``(n_cases, d_sae)`` arrays.
     """
@@ -175,6 +177,7 @@ def cohort_case_stats(
                     regions=regions,
                     attribution_mask=attribution_mask,
                     batch_size=batch_size,
+                    max_slices=max_slices,
                 )
             )
             if progress:

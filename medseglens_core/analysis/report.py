@@ -119,6 +119,7 @@ def _model_section(
     criteria: DiffCriteria,
     regions: tuple[str, ...],
     min_rate: float,
+    max_slices: int | None,
     progress: Callable[[dict], None] | None,
 ) -> tuple[dict[str, Any], dict[str, tuple], Any, Any]:
     from medseglens_core.models.card import load_model
@@ -127,7 +128,9 @@ def _model_section(
     model, mcard = load_model(entry.model_dir)
     sae, scard = load_sae(entry.sae_dir)
     hook = resolve_hook(model, scard.get("hook"), mcard)
-    stats = cohort_case_stats(model, sae, cases, hook=hook, card=mcard, regions=regions, progress=progress)
+    stats = cohort_case_stats(
+        model, sae, cases, hook=hook, card=mcard, regions=regions, max_slices=max_slices, progress=progress
+    )
     counts, specific, volcano = cohort_counts(stats, source, criteria, min_rate)
     names, rates = stats.cohort_firing_rate()
     out = {
@@ -198,6 +201,7 @@ def build_diff_report(
     crossarch_cases_per_cohort: int = 2,
     n_perm: int = 100,
     grid: int = 16,
+    max_slices_per_case: int | None = 16,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Diff every model of ``zoo_dir`` that has an SAE over the cohorts under ``data_dir``.
@@ -205,7 +209,8 @@ def build_diff_report(
     Writes ``out_dir/report.json`` (schema in the module docstring) and ``out_dir/report.html``;
     returns the JSON dict. ``max_cases_per_cohort`` cases per cohort (sorted by folder name) are
     analysed; the first ``crossarch_cases_per_cohort`` of each feed the cross-architecture
-    alignment (``n_perm`` permutations, ``grid x grid`` common grid).
+    alignment (``n_perm`` permutations, ``grid x grid`` common grid). Per-case statistics use at
+    most ``max_slices_per_case`` evenly spaced brain slices (None: all) to bound the run time.
     """
     t0 = time.perf_counter()
     entries = discover_zoo(zoo_dir)
@@ -224,7 +229,7 @@ def build_diff_report(
     loaded, extras = {}, {}
     for entry in entries:
         section, volcano, model, sae = _model_section(
-            entry, cases, src, criteria, regions, min_rate, progress
+            entry, cases, src, criteria, regions, min_rate, max_slices_per_case, progress
         )
         report["models"][entry.model_id] = section
         loaded[entry.model_id] = (model, sae, section["hook"], input_size_of(model, entry.model_card))

@@ -95,3 +95,10 @@ def test_align_saes_recovers_planted_permutation():
     assert unrelated.fraction_above == 0.0
     with pytest.raises(InvalidInput):
         align_saes(w, torch.randn(8, 16))
+
+
+def test_max_slices_subsamples_brain_slices():
+    x, brain, lab = planted_slices("ssa", seed=1, z=6)
+    row = analyse_slices(TinyModel(), TinySAE(), x, "mid", brain=brain, label_slices=lab, max_slices=2)
+    assert row.n_tokens == 2 * 36  # 6x6 brain tokens per slice
+    np.testing.assert_allclose(row.firing_rate[3], 0.25)

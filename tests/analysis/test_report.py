@@ -24,7 +24,9 @@ def _assert_self_contained(page: str) -> None:
 
 def test_html_is_self_contained_and_escaped():
     png = heatmap_png([[0.1, 0.2], [0.3, 0.0]], ["adult", "ssa"], ["0", "1"], "t")
-    page = render_html("<b>x</b>", [Section("s", ["<script>bad</script>"], [Table(["a"], [[1.5]])], [Figure(png, "c")])])
+    page = render_html(
+        "<b>x</b>", [Section("s", ["<script>bad</script>"], [Table(["a"], [[1.5]])], [Figure(png, "c")])]
+    )
     _assert_self_contained(page)
     assert "&lt;script&gt;" in page and "data:image/png;base64," in page
 
@@ -36,7 +38,9 @@ def test_diff_report_cli_end_to_end(tmp_path):
 
     _register()
     out = tmp_path / "report"
-    res = CliRunner().invoke(app, ["diff", "--zoo", str(zoo), "--data", str(data), "--out", str(out), "--n-perm", "20"])
+    res = CliRunner().invoke(
+        app, ["diff", "--zoo", str(zoo), "--data", str(data), "--out", str(out), "--n-perm", "20"]
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert set(REPORT_KEYS) <= set(report)
@@ -44,7 +48,17 @@ def test_diff_report_cli_end_to_end(tmp_path):
     assert report["cohorts"]["ssa"]["n_cases"] == 3
     assert set(report["models"]) == {"unet-tiny", "segformer-tiny"}
     for m in report["models"].values():
-        assert set(m) >= {"arch", "sae_id", "hook", "d_sae", "n_alive", "firing_rate", "counts", "specific", "reliance"}
+        assert set(m) >= {
+            "arch",
+            "sae_id",
+            "hook",
+            "d_sae",
+            "n_alive",
+            "firing_rate",
+            "counts",
+            "specific",
+            "reliance",
+        }
         assert set(m["counts"]) == {"adult", "ssa"}
         c = m["counts"]["ssa"]
         assert c["reference"] == "adult" and c["specific"] == c["specific_up"] + c["specific_down"]

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-SHAPE = (24, 24, 8)
+SHAPE = (24, 24, 6)
 
 
 def write_case(folder: Path, case_id: str, rng: np.random.Generator, blob: float) -> None:
@@ -18,7 +18,7 @@ def write_case(folder: Path, case_id: str, rng: np.random.Generator, blob: float
     brain = np.zeros(SHAPE, dtype=bool)
     brain[3:21, 3:21, :] = True
     label = np.zeros(SHAPE, dtype=np.uint8)
-    label[8:14, 8:14, 2:6] = 2
+    label[8:14, 8:14, 1:5] = 2
     for i, mod in enumerate(("t1n", "t1c", "t2w", "t2f")):
         img = (rng.uniform(0.5, 1.0, SHAPE) + 0.2 * i) * brain
         if mod == "t2f":
@@ -37,7 +37,9 @@ def build_tiny_zoo(root: Path) -> tuple[Path, Path]:
     zoo, data = root / "zoo", root / "data"
     torch.manual_seed(0)
     models = {
-        "unet-tiny": build_model("unet", input_size=32, channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
+        "unet-tiny": build_model(
+            "unet", input_size=32, channels=(8, 16, 32), strides=(2, 2), num_res_units=1
+        ),
         "segformer-tiny": build_model("segformer", input_size=32),
     }
     for mid, model in models.items():
@@ -46,7 +48,11 @@ def build_tiny_zoo(root: Path) -> tuple[Path, Path]:
         with torch.no_grad():
             d_in = model.run_prefix(torch.zeros(1, 4, 32, 32), model.default_hook).h.shape[1]
         sae = build_sae(SAEConfig(arch="topk", d_in=d_in, d_sae=24, k=4))
-        save_sae(sae, zoo / "saes" / f"{mid}-sae", {"id": f"{mid}-sae", "model_id": mid, "hook": model.default_hook})
+        save_sae(
+            sae,
+            zoo / "saes" / f"{mid}-sae",
+            {"id": f"{mid}-sae", "model_id": mid, "hook": model.default_hook},
+        )
     rng = np.random.default_rng(0)
     for cohort, blob in (("adult", 1.0), ("ssa", 3.0)):
         for i in range(3):
