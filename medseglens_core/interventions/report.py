@@ -1,0 +1,101 @@
+"""``recovery.html``: a self-contained page with the paper-style recovery table and per-case rows."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;text-align:right}
+th{background:#eee}td.l,th.l{text-align:left}tr.rec td{background:#e6f4e6}tr.fail td{background:#fbeaea}
+code{font-size:.85em}
+"""
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _summary_rows(docs: list[dict[str, Any]]) -> str:
+    rows = []
+    for d in docs:
+        rec = "n/a" if d["recovered_fraction"] is None else f"{d['n_recovered']}/{d['n_failures']}"
+        rows.append(
+            "<tr>"
+            f"<td class=l>{html.escape(d['protocol'])}</td><td class=l>{html.escape(d['model_id'])}</td>"
+            f"<td class=l>{html.escape(d['source'])} &rarr; {html.escape(d['target'])}</td>"
+            f"<td>{d['n_cases']}</td><td>{d['n_failures']}</td><td>{rec} ({_pct(d['recovered_fraction'])}%)</td>"
+            f"<td>{_pct(d['dice_before'])}</td><td>{_pct(d['dice_after'])}</td>"
+            f"<td>{100 * d['source_dice_change']:+.2f}</td></tr>"
+        )
+    return "".join(rows)
+
+
+def _spec_text(spec: dict[str, Any] | None) -> str:
+    if not spec or not spec.get("edits"):
+        return "&mdash;"
+    parts = []
+    for e in spec["edits"]:
+        what = e["op"] + (f" {e['value']:.3g}" if e.get("value") is not None else "")
+        what += f" &rarr; {html.escape(e['reference_cohort'])}" if e.get("reference_cohort") else ""
+        where = e["scope"] + (f" {e['region']}+{e['dilation']}" if e["scope"] == "predicted_region" else "")
+        parts.append(f"#{e['latent']} {what} [{where}]")
+    return "<code>" + "; ".join(parts) + "</code>"
+
+
+def render_recovery_html(docs: list[dict[str, Any]]) -> str:
+    """HTML page for one or more ``recovery.json`` documents (one per protocol)."""
+    first = docs[0]
+    region, thr = html.escape(first["region"]), first["threshold"]
+    parts = [
+        f"<!doctype html><html><head><meta charset=utf-8><title>Recovery: {region}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>Failure recovery by latent steering</h1>",
+        f"<p>Failure: target case with {region} Dice &lt; {thr}. Recovered: a failure whose {region} Dice "
+        f"reaches &ge; {thr} after the edit. Dice in %, means over failures. Source &Delta;: mean {region} "
+        "Dice change (points) on the source cohort under the same spec(s).</p>",
+        "<table><tr><th class=l>protocol</th><th class=l>model</th><th class=l>shift</th><th>cases</th>"
+        "<th>failures</th><th>recovered</th><th>Dice before</th><th>Dice after</th><th>source &Delta;</th></tr>",
+        _summary_rows(docs),
+        "</table>",
+    ]
+    for d in docs:
+        parts.append(f"<h2>{html.escape(d['protocol'])}</h2>")
+        if d.get("spec"):
+            parts.append(f"<p>Spec applied to every held-out case: {_spec_text(d['spec'])}</p>")
+        if d.get("calibration"):
+            ids = ", ".join(html.escape(c) for c in d["calibration"]["target_case_ids"])
+            parts.append(f"<p>Calibration target cases (not evaluated): {ids}</p>")
+        parts.append(
+            "<table><tr><th class=l>case</th><th>Dice before</th><th>Dice after</th><th class=l>status</th>"
+            "<th class=l>spec</th></tr>"
+        )
+        for r in d["cases"]:
+            cls = "rec" if r["recovered"] else ("fail" if r["failure"] else "")
+            status = "recovered" if r["recovered"] else ("failure" if r["failure"] else "ok")
+            spec = _spec_text(r.get("spec")) if d["protocol"] == "oracle" else ""
+            parts.append(
+                f"<tr class='{cls}'><td class=l>{html.escape(r['case_id'])}</td><td>{_pct(r['dice_before'])}</td>"
+                f"<td>{_pct(r['dice_after'])}</td><td class=l>{status}</td><td class=l>{spec}</td></tr>"
+            )
+        parts.append("</table>")
+        cand = d["candidates"]
+        parts.append("<p>Candidate latents (reliance in source &times; activation lost in target): ")
+        parts.append(
+            ", ".join(f"#{j} ({s:.2f})" for j, s in zip(cand["latents"], cand["score"], strict=True))
+        )
+        parts.append("</p>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_recovery(docs: list[dict[str, Any]], out_dir: Path) -> None:
+    """Write ``recovery.json`` (one document, or ``{"protocols": [...]}`` for several) and
+    ``recovery.html`` into ``out_dir``."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    body = docs[0] if len(docs) == 1 else {"protocols": docs}
+    (out_dir / "recovery.json").write_text(json.dumps(body, indent=1))
+    (out_dir / "recovery.html").write_text(render_recovery_html(docs))

@@ -1,0 +1,102 @@
+"""Loading what interventions need from a zoo and a data folder (paths in, objects out).
+
+Zoo layout: ``ZOO/models/<model_id>/`` (``load_model``) and ``ZOO/saes/<sae_id>/``
+(``load_sae``, card ``model_id`` + ``hook``). Data layout: ``DATA/<cohort>/`` of case folders
+(``find_cases``; a ``test`` split is preferred when present, as in the diff report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medseglens_core.interventions.cache import PrefixCache
+from medseglens_core.interventions.errors import CohortMissing, ZooEntryMissing
+from medseglens_core.interventions.search import VolumeItem
+
+
+def load_model_dir(zoo: Path, model_id: str) -> tuple[Any, dict[str, Any]]:
+    """``(model, card)`` of ``ZOO/models/<model_id>``, in eval mode on the CPU."""
+    from medseglens_core.models.card import load_model
+
+    mdir = Path(zoo) / "models" / model_id
+    if not (mdir / "card.json").is_file():
+        have = sorted(p.name for p in (Path(zoo) / "models").glob("*") if (p / "card.json").is_file())
+        raise ZooEntryMissing(f"no model {model_id!r} under ZOO/models; available: {have}")
+    model, card = load_model(mdir)
+    return model.eval(), card
+
+
+def load_sae_for(zoo: Path, model_id: str, sae_id: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The SAE ``sae_id`` (checked to belong to ``model_id``), or the model's main SAE."""
+    from medseglens_core.sae.io import load_sae
+
+    if sae_id is None:
+        from medseglens_core.analysis.zoo import discover_zoo
+
+        entries = {e.model_id: e for e in discover_zoo(zoo)}
+        if model_id not in entries:
+            raise ZooEntryMissing(f"model {model_id!r} has no SAE under ZOO/saes (card model_id); train one")
+        sdir = entries[model_id].sae_dir
+    else:
+        sdir = Path(zoo) / "saes" / sae_id
+        if not (sdir / "card.json").is_file():
+            raise ZooEntryMissing(f"no SAE {sae_id!r} under ZOO/saes")
+    sae, card = load_sae(sdir)
+    if str(card.get("model_id")) != model_id:
+        raise ZooEntryMissing(
+            f"SAE {sdir.name!r} was trained on model {card.get('model_id')!r}, not {model_id!r}; pick its SAE"
+        )
+    return sae.eval(), card
+
+
+def source_cohort(card: dict[str, Any]) -> str:
+    """The cohort a model was trained on: ``card['training']['cohorts'][0]`` (or top-level keys)."""
+    training = card.get("training") if isinstance(card.get("training"), dict) else {}
+    for value in (training.get("cohorts"), card.get("training_cohorts"), card.get("cohorts")):
+        if isinstance(value, list) and value:
+            return str(value[0])
+        if isinstance(value, str) and value:
+            return value
+    raise CohortMissing("the model card names no training cohort; cannot tell the source cohort")
+
+
+def cohort_cases(data: Path, cohort: str) -> list[Path]:
+    """Sorted case folders of ``DATA/<cohort>`` (its ``test`` split when it has one)."""
+    from medseglens_core.io import find_cases
+
+    root = Path(data) / cohort
+    if not root.is_dir():
+        have = sorted(p.name for p in Path(data).iterdir() if p.is_dir()) if Path(data).is_dir() else []
+        raise CohortMissing(f"cohort folder {cohort!r} is missing from the data folder (has: {have})")
+    base = root / "test" if (root / "test").is_dir() else root
+    cases = find_cases(base)
+    if not cases:
+        raise CohortMissing(f"no case folders under data/{cohort}; expect <case_id>/<case_id>-t1n.nii.gz ...")
+    return cases
+
+
+def load_items(
+    model: Any,
+    hook: str,
+    paths: Sequence[Path],
+    cohort: str,
+    *,
+    batch_size: int = 16,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> list[VolumeItem]:
+    """Load, prepare and prefix-cache each case folder (labels kept when present)."""
+    from medseglens_core.data.preprocess import prepare_case
+    from medseglens_core.io import load_case
+
+    items = []
+    for n, path in enumerate(paths):
+        case = load_case(path, cohort=cohort)
+        prepared = prepare_case(case, model.cfg.input_size)
+        cache = PrefixCache.build(model, prepared, hook, batch_size=batch_size)
+        spacing = tuple(float(s) for s in case.geometry.spacing)
+        items.append(VolumeItem(case.case_id, cohort, cache, case.label, spacing))
+        if progress is not None:
+            progress({"stage": "load", "cohort": cohort, "case": n + 1, "of": len(paths)})
+    return items
