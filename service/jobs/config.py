@@ -17,6 +17,8 @@ them. Defaults suit production; tests shorten the intervals.
   (at most 2 writes per second per job by default).
 - ``MEDSEGLENS_JOB_EMBEDDED_WORKERS`` (1): threads of the embedded executor.
 - ``MEDSEGLENS_JOB_LOG_LINES`` (50): log lines kept in the job record.
+- ``MEDSEGLENS_JOB_WARM_IMPORTS`` (true): a worker imports torch and the core before its first
+  job (seconds at start instead of on the first job); tests with fake tasks turn it off.
 """
 
 from __future__ import annotations
@@ -39,3 +41,4 @@ class JobSettings(BaseSettings):
     progress_min_s: float = Field(default=0.5, ge=0)
     embedded_workers: int = Field(default=1, ge=1, le=64)
     log_lines: int = Field(default=50, ge=1, le=10000)
+    warm_imports: bool = True

@@ -34,7 +34,7 @@ def cancel_key(job_id: str) -> str:
 
 def rq_job_id(job_id: str, attempt: int) -> str:
     """RQ's id for one attempt of our job (a retry is a new RQ job, so ids never clash)."""
-    return f"{PREFIX}.{check_name(job_id, 'job id')}.{attempt}"
+    return f"{PREFIX}-{check_name(job_id, 'job id')}-{attempt}"
 
 
 def worker_name(queue: str, device: str) -> str:

@@ -25,8 +25,16 @@ log = logging.getLogger("medseglens.jobs")
 Enqueue = Callable[[str, int, str], None]  # (job_id, attempt, queue)
 
 
-def reap_once(store: JobStore, settings: JobSettings, enqueue: Enqueue | None) -> dict[str, str]:
-    """Handle every stale running job once; returns ``{job_id: new state}`` for those this call moved."""
+def reap_once(
+    store: JobStore,
+    settings: JobSettings,
+    enqueue: Enqueue | None,
+    cleanup: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """Handle every stale running job once; returns ``{job_id: new state}`` for those this call moved.
+
+    ``cleanup(job_id)`` runs for each job moved to ``failed``/``cancelled`` (removes its staging).
+    """
     cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
     moved: dict[str, str] = {}
     for job in store.stale(cutoff):
@@ -58,6 +66,10 @@ def reap_once(store: JobStore, settings: JobSettings, enqueue: Enqueue | None) -
         if not retry and store.end_stale(job, JobState.FAILED, reason):
             moved[job.id] = JobState.FAILED.value
             log.warning("job %s: %s", job.id, reason)
+    if cleanup is not None:
+        for job_id, state in moved.items():
+            if state != JobState.QUEUED.value:
+                cleanup(job_id)
     return moved
 
 
@@ -73,17 +85,19 @@ class Reaper(threading.Thread):
         *,
         interval_s: float | None = None,
         extra: list[Callable[[], None]] | None = None,
+        cleanup: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name="medseglens-reaper", daemon=True)
         self.store, self.settings, self.enqueue = store, settings, enqueue
         self.interval_s = interval_s if interval_s is not None else max(settings.stale_after_s / 4, 0.5)
         self.extra = extra or []
+        self.cleanup = cleanup
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
-                reap_once(self.store, self.settings, self.enqueue)
+                reap_once(self.store, self.settings, self.enqueue, self.cleanup)
                 for fn in self.extra:
                     fn()
             except (SQLAlchemyError, redis.exceptions.RedisError, OSError) as exc:

@@ -24,6 +24,7 @@ from service.jobs.reaper import Reaper
 from service.jobs.runner import JobRuntime
 from service.jobs.states import JobState
 from service.jobs.store import JobStore
+from service.jobs.tasks.common import remove_staging
 from service.models_db import Job
 
 log = logging.getLogger("medseglens.jobs")
@@ -62,7 +63,13 @@ class JobService:
             )
             self.runtime.on_finished.append(self._finished)
             self.dispatcher = EmbeddedDispatcher(self.runtime, workers=self.settings.embedded_workers)
-        self.reaper = Reaper(self.store, self.settings, self.dispatcher.enqueue, extra=[self.sync_saes])
+        self.reaper = Reaper(
+            self.store,
+            self.settings,
+            self.dispatcher.enqueue,
+            extra=[self.sync_saes],
+            cleanup=lambda job_id: remove_staging(zoo, data_dir, job_id),
+        )
         self._known_saes: set[str] = set()
         self._sync_lock = threading.Lock()
 

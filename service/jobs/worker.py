@@ -31,6 +31,7 @@ from service.jobs.reaper import Reaper
 from service.jobs.resources import warm_imports
 from service.jobs.runner import JobRuntime, install_runtime, stop_active
 from service.jobs.store import JobStore
+from service.jobs.tasks.common import remove_staging
 
 log = logging.getLogger("medseglens.jobs")
 
@@ -77,6 +78,7 @@ def build_runtime(
     """A :class:`JobRuntime` on its own engine (tables created if missing)."""
     from service.db import create_tables, make_engine, make_sessionmaker
 
+    data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(database_url)
     create_tables(engine)
     return JobRuntime(
@@ -120,12 +122,17 @@ def run_worker(
     Lost Redis connections are retried with exponential back-off up to ``max_wait_s`` between tries.
     """
     install_runtime(runtime)
-    if warm:
+    if runtime.settings.warm_imports:
         log.info("warm-up imports: %s", warm_imports())
     stopping = threading.Event()
     dispatcher = RQDispatcher(redis_url, job_timeout_s=runtime.settings.timeout_s)
     runtime.requeue = dispatcher.enqueue
-    reaper = Reaper(runtime.store, runtime.settings, dispatcher.enqueue)
+    reaper = Reaper(
+        runtime.store,
+        runtime.settings,
+        dispatcher.enqueue,
+        cleanup=lambda job_id: remove_staging(runtime.zoo, runtime.data_dir, job_id),
+    )
     reaper.start()
     jobs_run, wait = 0, 1.0
     try:

@@ -21,6 +21,7 @@ FAST_JOB_ENV = {
     "MEDSEGLENS_JOB_POLL_S": "0.1",
     "MEDSEGLENS_JOB_PROGRESS_MIN_S": "0.2",
     "MEDSEGLENS_TEST_STEP_S": "0.05",
+    "MEDSEGLENS_JOB_WARM_IMPORTS": "0",  # the fake trainer needs no torch: start workers in ~2 s
 }
 
 

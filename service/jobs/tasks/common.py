@@ -74,6 +74,16 @@ def volumes_as_cases(data_dir: Path, volume_ids: Iterable[str], out: Path) -> Pa
     return out
 
 
+def remove_staging(zoo: Path, data_dir: Path, job_id: str) -> None:
+    """Delete what a dead attempt of ``job_id`` may have left (staging dirs, scratch); never published data."""
+    for path in (
+        zoo / "saes" / f".staging-{job_id}",
+        zoo / "reports" / f".staging-{job_id}",
+        data_dir / "jobs" / job_id / "cases",
+    ):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON through a temp file + rename."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,0 +1,127 @@
+"""RQ mode against the real Redis (a dedicated db index, flushed per test) with real worker processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.jobs.helpers import (
+    FAST_JOB_ENV,
+    Api,
+    make_zoo,
+    published_saes,
+    require_redis,
+    start_worker,
+    stop_worker,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    url = require_redis()
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    zoo = make_zoo(tmp_path / "zoo")
+    api = Api(tmp_path / "data", zoo, url)
+    workers: list = []
+    yield api, tmp_path, zoo, url, workers
+    for w in workers:
+        stop_worker(w)
+    api.close()
+    require_redis()
+
+
+def test_worker_runs_job_to_success_and_sae_is_listed(env):
+    api, tmp_path, zoo, url, workers = env
+    workers.append(start_worker(tmp_path / "data", zoo, url))
+    job_id = api.submit({"tokens": 20}).json()["id"]
+    running = api.wait(job_id, lambda j: j["metrics"].get("step", 0) > 0, timeout=60)
+    assert running["state"] == "running" and running["worker_id"]
+    done = api.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done
+    sae_id = done["metrics"]["result"]["sae_id"]
+    assert published_saes(zoo) == [sae_id]
+    assert sae_id in str(api.client.get("/v1/saes", headers=api.h(api.read_key)).json())
+    # A second job on the same warm worker: no re-import, so it starts at once.
+    second = api.submit({"tokens": 1}).json()["id"]
+    t0 = time.monotonic()
+    api.wait(second, lambda j: j["state"] == "succeeded")
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_cancel_stops_running_job_within_seconds(env):
+    api, tmp_path, zoo, url, workers = env
+    workers.append(start_worker(tmp_path / "data", zoo, url))
+    job_id = api.submit({"tokens": 400}).json()["id"]
+    api.wait(job_id, lambda j: j["metrics"].get("step", 0) >= 2, timeout=60)
+    t0 = time.monotonic()
+    assert api.client.delete(f"/v1/jobs/{job_id}", headers=api.h()).status_code == 202
+    done = api.wait(job_id, lambda j: j["state"] != "running", timeout=5)
+    assert done["state"] == "cancelled" and time.monotonic() - t0 < 3.0
+    assert published_saes(zoo) == []
+
+
+def test_sigkilled_worker_job_fails_with_reason(env):
+    api, tmp_path, zoo, url, workers = env
+    w = start_worker(tmp_path / "data", zoo, url)
+    workers.append(w)
+    job_id = api.submit({"tokens": 400}).json()["id"]
+    api.wait(job_id, lambda j: j["metrics"].get("step", 0) >= 2, timeout=60)
+    w.send_signal(signal.SIGKILL)
+    w.wait(5)
+    done = api.wait(job_id, lambda j: j["state"] != "running", timeout=10)
+    assert done["state"] == "failed"
+    assert "stopped sending heartbeats" in done["error"] and "killed" in done["error"]
+    assert published_saes(zoo) == []
+
+
+def test_sigkilled_worker_job_is_retried_when_configured(env, monkeypatch):
+    api, tmp_path, zoo, url, workers = env
+    api.close()
+    monkeypatch.setenv("MEDSEGLENS_JOB_MAX_ATTEMPTS", "2")
+    api = Api(tmp_path / "data", zoo, url)
+    retry_env = {"MEDSEGLENS_JOB_MAX_ATTEMPTS": "2"}
+    w = start_worker(tmp_path / "data", zoo, url, retry_env)
+    workers.append(w)
+    try:
+        job_id = api.submit({"tokens": 40}).json()["id"]
+        api.wait(job_id, lambda j: j["metrics"].get("step", 0) >= 2, timeout=60)
+        w.send_signal(signal.SIGKILL)
+        w.wait(5)
+        workers.append(start_worker(tmp_path / "data", zoo, url, retry_env))
+        done = api.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"), timeout=60)
+        assert done["state"] == "succeeded" and done["attempts"] == 2, done
+    finally:
+        api.close()
+
+
+def test_api_restart_keeps_jobs_and_worker_finishes_meanwhile(env):
+    api, tmp_path, zoo, url, workers = env
+    job_id = api.submit({"tokens": 5}).json()["id"]
+    api.close()  # API down; the job is in Redis and in the database
+    workers.append(start_worker(tmp_path / "data", zoo, url))
+    api2 = Api(tmp_path / "data", zoo, url)
+    try:
+        done = api2.wait(job_id, lambda j: j["state"] == "succeeded", timeout=60)
+        assert done["result_link"].startswith("/v1/saes/")
+    finally:
+        api2.close()
+
+
+def test_redis_down_at_submit_is_503_and_leaves_no_row(tmp_path, monkeypatch):
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    zoo = make_zoo(tmp_path / "zoo")
+    api = Api(tmp_path / "data", zoo, "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    try:
+        r = api.submit({}, **{"Idempotency-Key": "x"})
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["type"].endswith("/queue-unavailable")
+        assert api.client.get("/v1/jobs", headers=api.h(api.read_key)).json()["total"] == 0
+    finally:
+        api.close()
