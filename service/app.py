@@ -40,23 +40,32 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def _check_unique_operation_ids(app: FastAPI) -> None:
-    seen: set[str] = set()
-    for route in app.routes:
-        if isinstance(route, APIRoute):
-            if route.name in seen:
-                raise RuntimeError(f"Two routes are named {route.name!r}; operationIds must be unique.")
-            seen.add(route.name)
+def _route_templates(mounted: list[tuple[str, APIRouter]]) -> dict[int, str]:
+    """``id(route)`` -> full path template, for metrics and logs; refuses duplicate operationIds.
+
+    FastAPI keeps included routers nested, and ``scope["route"]`` is the route object inside its
+    router, whose path lacks the mount prefix; this table restores it.
+    """
+    templates: dict[int, str] = {}
+    names: set[str] = set()
+    for prefix, router in mounted:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                if route.name in names:
+                    raise RuntimeError(f"Two routes are named {route.name!r}; operationIds must be unique.")
+                names.add(route.name)
+                templates[id(route)] = prefix + route.path_format
+    return templates
 
 
 def _problem_only(schema: dict[str, Any]) -> dict[str, Any]:
-    # Error responses are problem+json only; FastAPI also lists application/json for a response model.
+    # Error responses are problem+json only; FastAPI also lists the route's own media type for them.
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             for response in operation.get("responses", {}).values():
                 content = response.get("content", {})
                 if PROBLEM_MEDIA_TYPE in content:
-                    content.pop("application/json", None)
+                    response["content"] = {PROBLEM_MEDIA_TYPE: content[PROBLEM_MEDIA_TYPE]}
     return schema
 
 
@@ -104,14 +113,11 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     app.state.metrics = metrics
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    app.include_router(health.router)
-    v1 = APIRouter(prefix="/v1")
-    for router in v1_routers():
-        v1.include_router(router)
-    app.include_router(v1)
-    _check_unique_operation_ids(app)
+    mounted = [("", health.router), *(("/v1", router) for router in v1_routers())]
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, templates=_route_templates(mounted))
+    for prefix, router in mounted:
+        app.include_router(router, prefix=prefix)
 
     default_openapi = app.openapi
 

@@ -93,9 +93,10 @@ class Metrics:
 class RequestContextMiddleware:
     """Pure ASGI middleware: request id in and out, latency histogram, one access log line."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, templates: dict[int, str] | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.templates = templates or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,7 +139,7 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            template = self.templates.get(id(route)) or getattr(route, "path_format", None) or "unmatched"
             self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(elapsed)
             access_log.info(
                 "request",
