@@ -206,7 +206,7 @@ COHORTS: dict[str, CohortParams] = {
         p_enhancing=0.3,
         et_coverage=(0.3, 0.7),
         et_thickness_mm=(2.0, 4.0),
-        oedema_extent_mm=(3.0, 9.0),
+        oedema_extent_mm=(6.0, 12.0),
         snr=35.0,
         gain=(900.0, 950.0, 1100.0, 850.0),
     ),
@@ -260,9 +260,36 @@ def apply_overrides(params: CohortParams, overrides: Mapping[str, Any] | None) -
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise InvalidCohortParams(f"unknown cohort parameter(s) {unknown}; valid names: {sorted(known)}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    if "locations" in fixed:
-        fixed["locations"] = tuple(tuple(x) for x in fixed["locations"])
-    if "intensities" in fixed:
-        fixed["intensities"] = {t: tuple(v) for t, v in fixed["intensities"].items()}
+    fixed = {k: _coerce(k, getattr(params, k), v) for k, v in overrides.items()}
     return dataclasses.replace(params, **fixed)
+
+
+def _coerce(name: str, current: Any, value: Any) -> Any:
+    """``value`` in the shape of the field's ``current`` value (JSON lists -> tuples), or raise."""
+
+    def bad() -> InvalidCohortParams:
+        return InvalidCohortParams(f"cohort parameter {name!r} must look like {current!r}, got {value!r}")
+
+    def number(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise bad()
+        return float(v)
+
+    try:
+        if name == "locations":
+            return tuple((str(loc), number(w)) for loc, w in value)
+        if name == "intensities":
+            return {str(t): tuple(number(x) for x in v) for t, v in dict(value).items()}
+    except (TypeError, ValueError) as exc:
+        raise bad() from exc
+    if isinstance(current, bool | str):
+        if type(value) is not type(current):
+            raise bad()
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(current):
+            raise bad()
+        return tuple(number(x) for x in value)
+    if current is None or isinstance(current, float):
+        return None if value is None and name == "slice_thickness_mm" else number(value)
+    return value
