@@ -124,16 +124,16 @@ class LRUByteCache:
         return len(self._items)
 
 
-def _default_model_loader(path: Path) -> tuple[Any, dict]:
-    from medseglens_core.models import load_model
+def _default_model_loader(path: Path, device: str = "cpu") -> tuple[Any, dict]:
+    from medseglens_core.models.card import load_model
 
-    return load_model(path)
+    return load_model(path, device=device)
 
 
-def _default_sae_loader(path: Path) -> tuple[Any, dict]:
-    from medseglens_core.sae import load_sae
+def _default_sae_loader(path: Path, device: str = "cpu") -> tuple[Any, dict]:
+    from medseglens_core.sae.io import load_sae
 
-    return load_sae(path)
+    return load_sae(path, device=device)
 
 
 class ModelPool:
@@ -159,8 +159,8 @@ class ModelPool:
         self.saes: dict[str, Resident] = {}
         self.load_errors: dict[str, str] = {}
         self.prefix_cache = LRUByteCache(prefix_cache_bytes)
-        self._model_loader = model_loader or _default_model_loader
-        self._sae_loader = sae_loader or _default_sae_loader
+        self._model_loader = model_loader
+        self._sae_loader = sae_loader
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
 
     @staticmethod
@@ -175,9 +175,12 @@ class ModelPool:
         sae_dirs = self._entries(self.zoo / "saes")
         if model_dirs or sae_dirs:
             self.device = resolve_device(self.device_spec)
+        device = self.device or "cpu"
+        model_loader = self._model_loader or partial(_default_model_loader, device=device)
+        sae_loader = self._sae_loader or partial(_default_sae_loader, device=device)
         for kind, dirs, loader, target in (
-            ("model", model_dirs, self._model_loader, self.models),
-            ("sae", sae_dirs, self._sae_loader, self.saes),
+            ("model", model_dirs, model_loader, self.models),
+            ("sae", sae_dirs, sae_loader, self.saes),
         ):
             for path in dirs:
                 self._load_one(kind, path, loader, target)

@@ -92,19 +92,24 @@ def openapi_text(fastapi_app: Any) -> str:
     return json.dumps(fastapi_app.openapi(), sort_keys=True, indent=2) + "\n"
 
 
-def _zoo_has_models(zoo: Path) -> bool:
-    return any((zoo / "models").glob("*/card.json"))
+def _zoo_is_built(zoo: Path) -> bool:
+    try:
+        from medseglens_core.zoo import is_built
+    except ImportError:
+        return any((zoo / "models").glob("*/card.json"))
+    return is_built(zoo)
 
 
 def _build_demo_zoo(zoo: Path) -> None:
     try:
-        from medseglens_core.zoo import build_zoo  # type: ignore[import-not-found]
+        from medseglens_core.zoo import build_zoo
     except ImportError:
         typer.echo(f"no zoo at {zoo} and no zoo builder installed; starting with an empty zoo", err=True)
         return
 
-    def progress(event: dict[str, Any]) -> None:
-        typer.echo("zoo: " + " ".join(f"{k}={v}" for k, v in event.items()), err=True)
+    def progress(event: Any) -> None:
+        text = " ".join(f"{k}={v}" for k, v in event.items()) if isinstance(event, dict) else str(event)
+        typer.echo(f"zoo: {text}", err=True)
 
     typer.echo(f"building the demo zoo in {zoo} (first start only) ...", err=True)
     if "progress" in inspect.signature(build_zoo).parameters:
@@ -140,7 +145,7 @@ def serve(
     settings = get_settings()
     if zoo is not None:
         settings = settings.model_copy(update={"zoo": zoo.expanduser().absolute()})
-    elif not _zoo_has_models(settings.zoo_dir):
+    elif not _zoo_is_built(settings.zoo_dir):
         _build_demo_zoo(settings.zoo_dir)
     _ensure_demo_key(settings)
     typer.echo(f"serving on http://{host}:{port} (docs at /docs), data in {settings.data_dir}", err=True)
