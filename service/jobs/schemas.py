@@ -48,27 +48,24 @@ class SaeTrainingRequest(_Request):
 
 
 class DiffReportRequest(_Request):
-    """Diff the SAE latents of ``model_id`` across ``cohorts`` (case-level tests, BH-corrected)."""
+    """Diff every zoo model that has an SAE across the cohorts under ``ZOO/data`` (case-level, BH)."""
 
-    model_id: ZooName
-    sae_id: ZooName
-    cohorts: list[ZooName] = Field(min_length=2, max_length=16)
-    reference: ZooName | None = Field(default=None, description="Reference cohort; null -> all others.")
-    title: str = Field(default="", max_length=300)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    top_k: int = Field(default=20, ge=1, le=1000)
+    source: ZooName | None = Field(default=None, description="Training cohort; null -> from the model cards.")
+    max_cases_per_cohort: int = Field(default=6, ge=1, le=500)
+    n_perm: int = Field(
+        default=100, ge=10, le=10000, description="Permutations of the cross-architecture null."
+    )
 
 
 class RecoveryRequest(_Request):
-    """Recovery benchmark: edit latents on ``cohort``'s failure cases, oracle or blind protocol."""
+    """Recovery benchmark: find ``target`` cases the model fails on and repair them by editing latents."""
 
     model_id: ZooName
-    sae_id: ZooName
-    cohort: ZooName
-    reference: ZooName = Field(description="Cohort whose latent statistics the patch edits use.")
-    protocol: Literal["oracle", "blind"] = "blind"
-    max_cases: int | None = Field(default=None, ge=1, le=10000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    sae_id: ZooName | None = Field(default=None, description="Null -> the model's main SAE.")
+    target: ZooName = Field(description="Target cohort under the zoo's data/ folder.")
+    protocol: Literal["oracle", "blind", "blind-unlabelled"] = "blind"
+    region: Literal["SNFH", "WT", "TC", "ET", "NCR"] = "SNFH"
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Failure: region Dice below this.")
 
 
 class JobOut(BaseModel):

@@ -150,8 +150,8 @@ async def create_diff_report_job(
     jobs: JobsDep,
     idem: IdempotencyKey = None,
 ) -> JobOut:
-    """Queue a cross-dataset diff report; it appears in GET /v1/diff-reports when done."""
-    _check_zoo(request, models=(body.model_id,), saes=(body.sae_id,), cohorts=tuple(body.cohorts))
+    """Queue a cross-dataset diff report of the zoo; it appears in GET /v1/diff-reports when done."""
+    _check_zoo(request, cohorts=(body.source,) if body.source else ())
     return await _submit(jobs, response, key, JobKind.DIFF_REPORT, body, idem)
 
 
@@ -165,7 +165,9 @@ async def create_recovery_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a recovery benchmark; its result is served by GET /v1/jobs/{job_id}/result."""
-    _check_zoo(request, models=(body.model_id,), saes=(body.sae_id,), cohorts=(body.cohort, body.reference))
+    _check_zoo(
+        request, models=(body.model_id,), saes=(body.sae_id,) if body.sae_id else (), cohorts=(body.target,)
+    )
     return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
 
 

@@ -104,3 +104,36 @@ def test_scopes_validation_and_listing(env):
     page = api.client.get("/v1/jobs?kind=sae_training&limit=1", headers=api.h(api.read_key)).json()
     assert page["total"] == 1 and len(page["items"]) == 1
     assert api.client.get("/v1/jobs?state=failed", headers=api.h(api.read_key)).json()["total"] == 0
+
+
+def _fake_report(zoo_dir, data_dir, out_dir, *, progress, n_perm=100, **kw):
+    import json
+    import time
+
+    for i in range(n_perm):
+        progress({"stage": "cases", "progress": (i + 1) / n_perm})
+        time.sleep(0.02)
+    (out_dir / "report.json").write_text(json.dumps({"models": {"tiny": {}}}))
+    (out_dir / "report.html").write_text("<html></html>")
+    return {"models": {"tiny": {}}}
+
+
+def test_diff_report_job_publishes_a_listed_report_and_cancels(env, monkeypatch):
+    import medseglens_core.analysis.report as report_mod
+
+    monkeypatch.setattr(report_mod, "build_diff_report", _fake_report)
+    api, _, zoo = env
+    r = api.client.post("/v1/jobs/diff-report", json={"n_perm": 10}, headers=api.h())
+    assert r.status_code == 202, r.text
+    done = api.wait(r.json()["id"], lambda j: j["state"] in ("succeeded", "failed"))
+    assert done["state"] == "succeeded", done
+    report_id = done["metrics"]["result"]["report_id"]
+    assert done["result_link"] == f"/v1/diff-reports/{report_id}"
+    assert sorted(p.name for p in (zoo / "reports").iterdir()) == [report_id]
+    assert api.client.get(done["result_link"], headers=api.h(api.read_key)).status_code == 200
+    # Cancel: the core builder has no should_stop; the progress callback stops it.
+    job_id = api.client.post("/v1/jobs/diff-report", json={"n_perm": 5000}, headers=api.h()).json()["id"]
+    api.wait(job_id, lambda j: j["progress"] > 0)
+    api.client.delete(f"/v1/jobs/{job_id}", headers=api.h())
+    assert api.wait(job_id, lambda j: j["state"] != "running", timeout=3)["state"] == "cancelled"
+    assert sorted(p.name for p in (zoo / "reports").iterdir()) == [report_id]
