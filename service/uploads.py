@@ -16,7 +16,7 @@ from typing import IO
 
 import python_multipart
 from python_multipart.multipart import parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import InvalidUpload, PayloadTooLarge, ServiceError, UnsupportedMediaType
 
@@ -70,6 +70,10 @@ class _Receiver:
         self._hash = hashlib.sha256()
         self._size = 0
         self._text = bytearray()
+        self.ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         self._disposition = b""
@@ -175,6 +179,7 @@ async def receive_multipart(
         "on_headers_finished": receiver.on_headers_finished,
         "on_part_data": receiver.on_part_data,
         "on_part_end": receiver.on_part_end,
+        "on_end": receiver.on_end,
     }
     parser = python_multipart.MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     received = 0
@@ -188,8 +193,14 @@ async def receive_multipart(
                 )
             parser.write(chunk)
         parser.finalize()
+        if not receiver.ended:
+            raise ServiceError(
+                "The multipart body ended before its closing boundary; the upload was cut short."
+            )
     except python_multipart.exceptions.FormParserError as exc:
         raise ServiceError("Malformed multipart body; check the boundary and part headers.") from exc
+    except ClientDisconnect as exc:
+        raise ServiceError("The upload was interrupted before the body ended; send it again.") from exc
     finally:
         receiver.close()
     return receiver.result

@@ -232,3 +232,14 @@ def test_gzip_garbage_in_label(authed, settings):
     files = {**case_files(), "label": gzip.compress(b"not a nifti at all" * 30)}
     assert_problem(post(authed, files), 400, "not-nifti")
     assert_nothing_stored(authed, settings)
+
+
+def test_malformed_multipart_and_interrupted_body(authed, settings):
+    r = authed.post(
+        "/v1/volumes", content=b"--xyz\r\ngarbage", headers={"content-type": "multipart/form-data"}
+    )
+    assert_problem(r, 400, "bad-request")  # no boundary parameter
+    body, ctype = _encode(case_files())
+    r = authed.post("/v1/volumes", content=body[: len(body) // 2], headers={"content-type": ctype})
+    assert "cut short" in assert_problem(r, 400, "bad-request")["detail"]
+    assert_nothing_stored(authed, settings)
