@@ -47,7 +47,7 @@ def worker(
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in imports or []:
         importlib.import_module(name)
-    runtime = runtime_from_env(device=device or None, zoo=zoo.absolute() if zoo else None)
+    runtime = runtime_from_env(device=device or None, zoo=zoo.absolute() if zoo else None, queue=q)
     typer.echo(f"worker {runtime.worker_id}: queue {q}, device {runtime.device}, zoo {runtime.zoo}", err=True)
     n = run_worker(settings.redis_url, runtime, queue=q, burst=burst)
     typer.echo(f"worker {runtime.worker_id}: stopped after {n} job(s)", err=True)

@@ -91,7 +91,9 @@ def build_runtime(
     )
 
 
-def runtime_from_env(device: str | None = None, zoo: Path | None = None) -> JobRuntime:
+def runtime_from_env(
+    device: str | None = None, zoo: Path | None = None, queue: str | None = None
+) -> JobRuntime:
     """The runtime described by ``MEDSEGLENS_*`` variables (used by ``medseglens worker`` and plain RQ)."""
     from service.config import Settings
     from service.pool import resolve_device
@@ -104,7 +106,7 @@ def runtime_from_env(device: str | None = None, zoo: Path | None = None) -> JobR
         zoo=zoo or s.zoo_dir,
         device=dev,
         settings=js,
-        worker_id=keys.worker_name(js.queue, dev),
+        worker_id=keys.worker_name(queue or js.queue, dev),
     )
 
 

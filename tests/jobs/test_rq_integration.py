@@ -125,3 +125,62 @@ def test_redis_down_at_submit_is_503_and_leaves_no_row(tmp_path, monkeypatch):
         assert api.client.get("/v1/jobs", headers=api.h(api.read_key)).json()["total"] == 0
     finally:
         api.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_server(port: int):
+    import subprocess
+
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    for _ in range(100):
+        try:
+            redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+            return proc
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("private redis-server did not start")
+
+
+def test_worker_reconnects_when_redis_comes_back(tmp_path, monkeypatch):
+    import shutil
+
+    require_redis()  # same skip/fail policy as the other integration tests
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed (needed to restart a private Redis)")
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = _redis_server(port)
+    zoo = make_zoo(tmp_path / "zoo")
+    worker = start_worker(tmp_path / "data", zoo, url)
+    api = None
+    try:
+        time.sleep(2.5)  # the worker is up and listening
+        server.terminate()
+        server.wait(5)
+        time.sleep(1.5)  # the worker sees the connection drop
+        server = _redis_server(port)
+        api = Api(tmp_path / "data", zoo, url)
+        job_id = api.submit({"tokens": 2}).json()["id"]
+        assert api.wait(job_id, lambda j: j["state"] == "succeeded", timeout=40)["attempts"] == 1
+    finally:
+        if api is not None:
+            api.close()
+        log = stop_worker(worker)
+        server.terminate()
+        server.wait(5)
+    assert "retrying" in log or "reconnect" in log.lower()
