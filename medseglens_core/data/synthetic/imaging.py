@@ -78,7 +78,9 @@ def thick_slice_matrix(z0: int, nz: int, res: float, thickness: float, offset: f
     lo = np.maximum(z[None, :] - res / 2, centres[:, None] - thickness / 2)
     hi = np.minimum(z[None, :] + res / 2, centres[:, None] + thickness / 2)
     acq = np.clip(hi - lo, 0, None)  # (slabs, nz) overlap in mm
-    acq /= np.maximum(acq.sum(axis=1, keepdims=True), 1e-9)
+    keep = acq.sum(axis=1) > 1e-9  # slabs that overlap the box at all
+    acq, centres = acq[keep], centres[keep]
+    acq /= acq.sum(axis=1, keepdims=True)
     pos = np.clip((z - centres[0]) / thickness, 0, len(centres) - 1)
     j = np.minimum(np.floor(pos).astype(int), len(centres) - 2) if len(centres) > 1 else np.zeros(nz, int)
     w = pos - j
@@ -104,11 +106,17 @@ def add_noise_and_gain(
     """Rician magnitude noise (Gaussian sigma ``1/snr`` on real and imaginary parts) inside ``mask``,
     then per-modality ``gain``; background 0 (skull-stripped). Returns float32 ``(4, bx, by, bz)``."""
     sigma = np.float32(1.0 / snr)
-    n = int(mask.sum())
+    idx = np.flatnonzero(mask)
     out = np.zeros_like(images)
     for m in range(images.shape[0]):
-        s = images[m][mask]
-        re = s + sigma * rng.standard_normal(n, dtype=np.float32)
-        im = sigma * rng.standard_normal(n, dtype=np.float32)
-        out[m][mask] = np.sqrt(re * re + im * im) * np.float32(gain[m])
+        re = images[m].ravel()[idx]
+        re += sigma * rng.standard_normal(idx.size, dtype=np.float32)
+        im = rng.standard_normal(idx.size, dtype=np.float32)
+        im *= sigma
+        re *= re
+        im *= im
+        re += im
+        np.sqrt(re, out=re)
+        re *= np.float32(gain[m])
+        out[m].ravel()[idx] = re
     return out
