@@ -179,3 +179,13 @@ def test_overrides_apply_and_presets_are_untouched():
     case = generate_case(p, 3, 2)
     assert case.info["lesion"]["location"] == "midline"
     assert 8.0 <= case.info["lesion"]["radius_mm"] <= 9.0
+
+
+def test_one_millimetre_output_uses_the_1mm_template_grid():
+    case = generate_case(COHORTS["healthy"], 0, 1)
+    tpl = load_templates(1)
+    assert case.label.shape == case.images["t2w"].shape == (197, 233, 189)
+    np.testing.assert_array_equal(case.affine, tpl.affine)
+    assert np.diag(case.affine)[:3].tolist() == [1.0, 1.0, 1.0]
+    brain = case.images["t2w"] > 0
+    assert 0.85 < brain.sum() / tpl.mask.sum() < 1.15

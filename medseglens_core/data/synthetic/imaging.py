@@ -59,11 +59,14 @@ def apply_bias(
     (shared across sequences plus a ``_BIAS_OWN`` share of each sequence's own field)."""
     if strength <= 0:
         return
-    fields = smooth_field(rng, full_shape, anat.box, _BIAS_FREQ, n_fields=5)
-    shared = fields[0]
+    # The fields are linear in their coefficients: mix shared and own coefficients, evaluate 4 fields.
+    c = rng.standard_normal((5, _BIAS_FREQ, _BIAS_FREQ, _BIAS_FREQ))
+    fields = smooth_field(rng, full_shape, anat.box, _BIAS_FREQ, n_fields=4, coef=c[0] + _BIAS_OWN * c[1:])
     for m in range(4):
-        log_b = (shared + _BIAS_OWN * fields[m + 1]) * np.float32(strength / np.sqrt(1 + _BIAS_OWN**2))
-        images[m] *= np.exp(log_b)
+        log_b = fields[m]
+        log_b *= np.float32(strength)
+        np.exp(log_b, out=log_b)
+        images[m] *= log_b
 
 
 def thick_slice_matrix(z0: int, nz: int, res: float, thickness: float, offset: float) -> np.ndarray:
