@@ -33,7 +33,7 @@ def reconstruction_metrics(
     *,
     max_tokens: int | None = None,
     dense_threshold: float = 0.1,
-    chunk: int = 8192,
+    chunk: int = 2048,
 ) -> dict[str, Any]:
     """Reconstruction metrics of ``sae`` over unscaled token chunks ``(n, d_in)`` (see module doc).
 

@@ -1,0 +1,192 @@
+"""SAE training speed and memory benchmark; prints one JSON document on stdout.
+
+For d_in 256, k 32, batch 4096 and two dictionary sizes (2048, 8192) it measures, in one run:
+
+- ``matmul_flops``: FLOP/s of a plain ``torch.mm`` of the encoder shape ``(B, d_in) @ (d_in, d_sae)``;
+- ``fast``: the fast trainer (sparse step + gradient projection + Adam + decoder renorm) in
+  tokens/s and in dense-equivalent FLOP/s as a fraction of ``matmul_flops``;
+- ``reference``: the same loop with the naive autograd step (dense decode, b_dec in autograd,
+  full sorted top-k), and the fast trainer's speedup over it.
+
+FLOP accounting (identical for both trainers): ``3 * 2 * B * d_in * d_sae`` per step, the dense
+equivalent of the three GEMMs a step needs (encoder forward, encoder weight gradient, decoder).
+The fast step actually runs only the encoder forward densely (the other two are sparse, about
+``k / d_sae`` of that work), so its fraction can exceed 1; ``actual_dense_flops_per_step`` says so.
+
+Peak RSS is measured in fresh subprocesses that train from shards ON DISK (``train_sae``,
+streamed) for 1e5 and 1e6 tokens; streaming means the two peaks should be about equal.
+
+Usage: ``python benchmarks/sae_train.py [--quick] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medseglens_core.sae.base import SAEConfig, build_sae  # noqa: E402
+from medseglens_core.sae.reference import reference_step  # noqa: E402
+from medseglens_core.sae.shards import ActivationShards, ShardWriter  # noqa: E402
+from medseglens_core.sae.step import fast_step  # noqa: E402
+from medseglens_core.sae.train import train_sae  # noqa: E402
+
+D_IN, K, BATCH = 256, 32, 4096
+
+
+def _tokens(n: int, seed: int = 0) -> torch.Tensor:
+    """Synthetic activation-like tokens: a sparse non-negative mix of 4096 directions + noise."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(4096, D_IN, generator=g)
+    idx = torch.randint(0, 4096, (n, 16), generator=g)
+    coef = torch.rand(n, 16, generator=g)
+    out = 0.1 * torch.randn(n, D_IN, generator=g)
+    for j in range(idx.shape[1]):  # accumulate term by term: no (n, 16, d_in) temporary
+        out += coef[:, j : j + 1] * atoms[idx[:, j]]
+    return out
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _train_loop(step_fn, d_sae: int, data: torch.Tensor, steps: int) -> float:
+    """Median seconds per full training iteration (step, projection, Adam, renorm)."""
+    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, k=K, batch_size=BATCH, aux_k=256, dead_window=10**9))
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
+    batches = data.split(BATCH)
+    it = iter(range(10**9))
+
+    def one() -> None:
+        x = batches[next(it) % len(batches)]
+        step_fn(sae, x, dead)
+        sae.remove_parallel_grad_()
+        opt.step()
+        sae.normalize_decoder_()
+
+    return _time(one, steps)
+
+
+def bench_speed(d_sae: int, data: torch.Tensor, steps: int) -> dict:
+    a, w = torch.randn(BATCH, D_IN), torch.randn(D_IN, d_sae)
+    out = torch.empty(BATCH, d_sae)
+    mm_s = _time(lambda: torch.mm(a, w, out=out), max(5, steps))
+    gemm_flops = 2 * BATCH * D_IN * d_sae
+    step_flops = 3 * gemm_flops
+    fast_s = _train_loop(fast_step, d_sae, data, steps)
+    ref_s = _train_loop(reference_step, d_sae, data, max(3, steps // 2))
+    mm_flops = gemm_flops / mm_s
+    return {
+        "d_in": D_IN,
+        "d_sae": d_sae,
+        "k": K,
+        "batch": BATCH,
+        "matmul_flops": mm_flops,
+        "flops_per_step": step_flops,
+        "fast": {
+            "seconds_per_step": fast_s,
+            "tokens_per_s": BATCH / fast_s,
+            "flops": step_flops / fast_s,
+            "fraction_of_matmul": step_flops / fast_s / mm_flops,
+            "actual_dense_flops_per_step": gemm_flops,
+        },
+        "reference": {
+            "seconds_per_step": ref_s,
+            "tokens_per_s": BATCH / ref_s,
+            "flops": step_flops / ref_s,
+            "fraction_of_matmul": step_flops / ref_s / mm_flops,
+        },
+        "speedup_vs_reference": ref_s / fast_s,
+    }
+
+
+def _rss_child(shard_dir: str, tokens: int, d_sae: int) -> None:
+    shards = ActivationShards.open(shard_dir)
+    cfg = SAEConfig(d_in=D_IN, d_sae=d_sae, k=K, batch_size=BATCH)
+    t = time.perf_counter()
+    train_sae(cfg, shards, token_budget=tokens, device="cpu", eval_tokens=16384)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the parent.
+    hwm = next(
+        line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM")
+    )
+    peak_mib = int(hwm.split()[1]) / 1024
+    print(json.dumps({"tokens": tokens, "peak_rss_mib": peak_mib, "seconds": time.perf_counter() - t}))
+
+
+def bench_rss(token_counts: list[int], d_sae: int, threads: int) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = ShardWriter(tmp, D_IN, shard_tokens=65_536)
+        c = w.add_case("synthetic", None)
+        for s in range(0, max(token_counts), 65_536):
+            n = min(65_536, max(token_counts) - s)
+            w.add(_tokens(n, seed=s).numpy(), case=c, z=0, y=0, x=0, label=0)
+        w.close()
+        out = []
+        for n in token_counts:
+            code = (
+                f"import torch; torch.set_num_threads({threads}); import sys; sys.argv=['x'];"
+                f"from benchmarks.sae_train import _rss_child; _rss_child({tmp!r}, {n}, {d_sae})"
+            )
+            res = subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=str(Path(__file__).resolve().parents[1]),
+            )
+            out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer steps; RSS at 1e5 and 3e5 tokens")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    steps = 5 if args.quick else 15
+    data = _tokens(BATCH * 4)
+    speed = [bench_speed(m, data, steps) for m in (2048, 8192)]
+    counts = [100_000, 300_000] if args.quick else [100_000, 1_000_000]
+    rss = bench_rss(counts, 2048, args.threads)
+    print(
+        json.dumps(
+            {
+                "benchmark": "sae_train",
+                "machine": {
+                    "cpu": platform.processor() or platform.machine(),
+                    "threads": args.threads,
+                    "torch": torch.__version__,
+                    "device": "cpu",
+                },
+                "flop_accounting": "per step 3 * 2*B*d_in*d_sae: dense-equivalent encoder forward, encoder "
+                "weight grad, decoder; same count for both trainers",
+                "speed": speed,
+                "peak_rss": rss,
+                "rss_growth_ratio": rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"],
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
