@@ -11,7 +11,15 @@ import importlib
 
 from fastapi import APIRouter
 
-V1_MODULES: tuple[str, ...] = ("volumes", "models", "reports", "jobs")
+V1_MODULES: tuple[str, ...] = (
+    "volumes",
+    "models",
+    "latents",
+    "segmentations",
+    "interventions",
+    "reports",
+    "jobs",
+)
 
 
 def v1_routers() -> list[APIRouter]:

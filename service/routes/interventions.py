@@ -1,0 +1,160 @@
+"""Interventions: edit SAE latents in a volume's forward pass; read the effect; download the mask."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+from sqlalchemy.exc import IntegrityError
+
+from service import segmenting
+from service.deps import InterveneKey, PoolDep, ReadKey, ServerId, SessionDep, SettingsDep, StorageDep
+from service.errors import ResourceNotFound, ServiceError, problem_responses, problem_statuses
+from service.latent_cards import CardStore
+from service.models_db import Intervention
+from service.routes.segmentations import GZIP_NIFTI, resident_model, resident_sae, stored_volume
+from service.schemas.interventions import InterventionCreate, InterventionOut, RegionSummary
+from service.storage import new_id
+
+router = APIRouter(prefix="/interventions", tags=["interventions"])
+
+
+class MaskScopeUnsupported(ServiceError):
+    """Scope ``mask`` needs an array; JSON requests cannot carry one."""
+
+    status, slug, title = 422, "mask-scope-unsupported", "Scope 'mask' is not available over JSON"
+
+
+def to_out(row: Intervention) -> InterventionOut:
+    """The response schema of a stored intervention."""
+    s = row.summary
+    return InterventionOut(
+        id=row.id,
+        created=row.created,
+        volume_id=row.volume_id,
+        model_id=row.model_id,
+        sae_id=row.sae_id,
+        edits=row.edits,
+        baseline=RegionSummary(region_volumes_ml=s["baseline_volume_ml"], dice=s["dice_before"]),
+        edited=RegionSummary(region_volumes_ml=s["edited_volume_ml"], dice=s["dice_after"]),
+        volume_change_ml=s["volume_change_ml"],
+        dice_change=s["dice_change"],
+        changed_voxels=s["changed_voxels"],
+        changed_tokens=s["changed_tokens"],
+        rerun_slices=s["rerun_slices"],
+        prefix_cache_hit=s.get("prefix_cache_hit", False),
+        edit_info=s["edits"],
+        timings=s.get("timings", {}),
+    )
+
+
+def intervention_or_404(intervention_id: ServerId, session: SessionDep) -> Intervention:
+    """The intervention ``intervention_id`` or a 404 problem."""
+    row = session.get(Intervention, intervention_id)
+    if row is None:
+        raise ResourceNotFound(f"No intervention {intervention_id}.")
+    return row
+
+
+InterventionDep = Annotated[Intervention, Depends(intervention_or_404)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=InterventionOut,
+    responses=problem_responses(*problem_statuses((400, 404, 413))),
+)
+async def create_intervention(
+    _key: InterveneKey,
+    body: InterventionCreate,
+    session: SessionDep,
+    storage: StorageDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+) -> InterventionOut:
+    """Apply latent edits (spliced with the SAE error term kept) and compare with the unedited prediction.
+
+    Only the network after the hook re-runs, from the prefix cached by a segmentation of the same
+    volume and model (computed now on a miss). An empty edit list changes nothing (changed_voxels 0,
+    mask bit-identical to the segmentation's). 422 for an invalid spec (unknown op, missing value,
+    latent >= d_sae, scope `mask`), an SAE of another model (`sae-model-mismatch`), or a `patch`
+    whose reference cohort has no statistics.
+    """
+    from medseglens_core.interventions.errors import LatentOutOfRange
+    from medseglens_core.interventions.spec import InterventionSpec
+
+    volume = stored_volume(session, body.volume_id)
+    model = resident_model(pool, body.model_id)
+    sae = resident_sae(pool, body.sae_id, model)
+    if sae is None:  # pragma: no cover - sae_id is required, so resident_sae returns one or raises
+        raise ResourceNotFound(f"No SAE {body.sae_id!r}.")
+    spec = InterventionSpec(edits=body.edits)
+    if spec.needs_mask:
+        raise MaskScopeUnsupported("Scope 'mask' needs an array; use 'box', 'slices' or 'predicted_region'.")
+    d_sae = int(sae.obj.W_dec.shape[0])
+    for edit in spec.edits:
+        if edit.latent >= d_sae:
+            raise LatentOutOfRange(f"latent {edit.latent} does not exist: SAE {sae.id!r} has {d_sae} latents")
+    reference = None
+    if spec.reference_cohorts:
+        store = CardStore(settings.zoo_dir, settings.data_dir / "cache", sae, model)
+        reference = await pool.run(store.reference_stats, kind="latent_cards")
+    item_id = new_id()
+    dest = storage.area_dir("interventions", item_id)
+    with storage.staging() as stage:
+        summary = await pool.run(
+            segmenting.intervene,
+            pool,
+            storage,
+            volume,
+            model,
+            sae,
+            spec,
+            reference,
+            stage,
+            kind="intervention",
+        )
+        storage.publish(stage, dest)
+    row = Intervention(
+        id=item_id,
+        volume_id=volume.id,
+        model_id=model.id,
+        sae_id=sae.id,
+        edits=[e.model_dump(mode="json") for e in spec.edits],
+        summary=summary,
+        path=storage.relative(dest),
+    )
+    try:
+        session.add(row)
+        await anyio.to_thread.run_sync(session.commit)
+    except IntegrityError as exc:
+        storage.remove_dir(dest)
+        raise ResourceNotFound(f"Volume {volume.id} was deleted during the request.") from exc
+    except BaseException:
+        storage.remove_dir(dest)
+        raise
+    return to_out(row)
+
+
+@router.get(
+    "/{intervention_id}",
+    response_model=InterventionOut,
+    responses=problem_responses(*problem_statuses((404,))),
+)
+def get_intervention(_key: ReadKey, intervention: InterventionDep) -> InterventionOut:
+    """One intervention's effect summary."""
+    return to_out(intervention)
+
+
+@router.get(
+    "/{intervention_id}/mask",
+    response_class=FileResponse,
+    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404,)))},
+)
+def get_intervention_mask(_key: ReadKey, intervention: InterventionDep, storage: StorageDep) -> FileResponse:
+    """The edited label map as NIfTI on the volume's original grid and affine."""
+    path = storage.resolve(intervention.path) / segmenting.MASK_FILE
+    return FileResponse(path, media_type="application/gzip", filename=f"{intervention.id}-mask.nii.gz")

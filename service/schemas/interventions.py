@@ -1,0 +1,66 @@
+"""Intervention schemas: the request (the core's ``Edit`` list) and the effect summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medseglens_core.interventions.spec import Edit
+from service.schemas.segmentations import CATALOG_PATTERN, ID_PATTERN
+
+
+class InterventionCreate(BaseModel):
+    """Edit SAE latents inside one volume's forward pass.
+
+    Edits use the core's spec (``ablate``, ``clamp``, ``scale``, ``add``, ``patch``; scopes ``all``,
+    ``active``, ``predicted_region``, ``box``, ``slices``). Scope ``mask`` needs an array and is not
+    available over JSON (422): use ``box``, ``slices`` or ``predicted_region``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    volume_id: str = Field(pattern=ID_PATTERN)
+    model_id: str = Field(pattern=CATALOG_PATTERN)
+    sae_id: str = Field(pattern=CATALOG_PATTERN, description="An SAE trained on `model_id` (else 422).")
+    edits: list[Edit] = Field(default_factory=list, max_length=256, description="Applied together.")
+
+
+class RegionSummary(BaseModel):
+    """Region volumes (mL) and, when the volume is labelled, Dice (0..1) per region/label."""
+
+    region_volumes_ml: dict[str, float]
+    dice: dict[str, float] | None
+
+
+class EditInfo(BaseModel):
+    """What one edit did: tokens in scope and changed, mean code over its scope before and after."""
+
+    latent: int
+    op: str
+    scope: str
+    tokens_in_scope: int
+    tokens_changed: int
+    mean_before: float
+    mean_after: float
+
+
+class InterventionOut(BaseModel):
+    """A stored intervention: baseline vs edited prediction; changes are edited - baseline."""
+
+    id: str
+    created: datetime
+    volume_id: str
+    model_id: str
+    sae_id: str
+    edits: list[Edit]
+    baseline: RegionSummary
+    edited: RegionSummary
+    volume_change_ml: dict[str, float]
+    dice_change: dict[str, float] | None
+    changed_voxels: int = Field(description="Voxels whose label differs from the unedited prediction.")
+    changed_tokens: int = Field(description="Hook tokens whose SAE code changed (spliced).")
+    rerun_slices: int = Field(description="Slices whose network suffix re-ran.")
+    prefix_cache_hit: bool = Field(description="True when the prefix activations came from the cache.")
+    edit_info: list[EditInfo]
+    timings: dict[str, float]
