@@ -1,0 +1,112 @@
+"""Intervention and latent-card routes on the tiny zoo, checked against the core's own result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.service.builders import case_files, load_bytes, write_files
+from tests.service.tinyzoo_app import D_SAE, SEGFORMER_SAE, UNET, UNET_SAE, tiny_client, tiny_zoo, upload
+
+
+def _core_ablation(tmp_path, latent: int):
+    """The core's apply_spec for one ablation on the builders' case (no service code)."""
+    from medseglens_core.data.preprocess import prepare_case
+    from medseglens_core.interventions.apply import apply_spec
+    from medseglens_core.interventions.cache import PrefixCache
+    from medseglens_core.interventions.spec import Edit, InterventionSpec
+    from medseglens_core.io import load_case_from_files
+    from medseglens_core.models.card import load_model
+    from medseglens_core.sae.io import load_sae
+
+    files = write_files(tmp_path / "core", case_files())
+    label = files.pop("label")
+    case = load_case_from_files(files, label=label, case_id="core")
+    model, _ = load_model(tiny_zoo() / "models" / UNET)
+    sae, card = load_sae(tiny_zoo() / "saes" / UNET_SAE)
+    cache = PrefixCache.build(model, prepare_case(case, model.cfg.input_size), card["hook"])
+    spec = InterventionSpec(edits=[Edit(latent=latent, op="ablate")])
+    return apply_spec(cache, sae, spec, label=case.label, spacing=case.geometry.spacing)
+
+
+def test_empty_and_ablation_interventions(tmp_path):
+    with tiny_client(tmp_path) as (client, headers):
+        vid = upload(client, headers)
+        seg = client.post(
+            "/v1/segmentations",
+            json={"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE},
+            headers=headers,
+        ).json()
+        seg_mask = client.get(f"/v1/segmentations/{seg['id']}/mask", headers=headers).content
+
+        def intervene(edits):
+            body = {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE, "edits": edits}
+            return client.post("/v1/interventions", json=body, headers=headers)
+
+        empty = intervene([])
+        assert empty.status_code == 201, empty.text
+        e = empty.json()
+        assert e["changed_voxels"] == 0 and e["changed_tokens"] == 0 and e["rerun_slices"] == 0
+        assert e["prefix_cache_hit"] is True  # the segmentation's prefix was reused
+        assert e["volume_change_ml"] == {k: 0.0 for k in e["volume_change_ml"]}
+        assert e["baseline"] == e["edited"]
+        assert e["baseline"]["region_volumes_ml"] == pytest.approx(seg["region_volumes_ml"])
+        empty_mask = client.get(f"/v1/interventions/{e['id']}/mask", headers=headers)
+        assert empty_mask.status_code == 200
+        a, b = load_bytes(seg_mask), load_bytes(empty_mask.content)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))  # bit for bit
+        np.testing.assert_array_equal(a.affine, b.affine)
+
+        top = seg["top_latents"][0]["latent"]
+        core = _core_ablation(tmp_path, top)
+        r = intervene([{"latent": top, "op": "ablate"}])
+        assert r.status_code == 201, r.text
+        abl = r.json()
+        assert abl["changed_voxels"] == core.changed_voxels
+        assert abl["changed_tokens"] == core.changed_tokens > 0  # a top latent fires somewhere
+        assert abl["volume_change_ml"] == pytest.approx(core.volume_change_ml)
+        assert abl["dice_change"] == pytest.approx(core.dice_change)
+        assert abl["edit_info"][0]["tokens_changed"] == core.edits[0].tokens_changed
+        mask = load_bytes(client.get(f"/v1/interventions/{abl['id']}/mask", headers=headers).content)
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), core.edited_labels)
+        assert client.get(f"/v1/interventions/{abl['id']}", headers=headers).json() == abl
+
+        # spec errors are 422 problems
+        for edits, slug in (
+            ([{"latent": 0, "op": "explode"}], "validation-error"),
+            ([{"latent": D_SAE, "op": "ablate"}], "latent-out-of-range"),
+            ([{"latent": 0, "op": "clamp"}], "validation-error"),
+            ([{"latent": 0, "op": "ablate", "scope": "mask"}], "mask-scope-unsupported"),
+            ([{"latent": 0, "op": "patch", "reference_cohort": "nowhere"}], "missing-reference"),
+        ):
+            bad = intervene(edits)
+            assert bad.status_code == 422, (edits, bad.text)
+            assert bad.json()["type"].endswith("/" + slug), bad.json()
+        body = {"volume_id": vid, "model_id": UNET, "sae_id": SEGFORMER_SAE, "edits": []}
+        mismatch = client.post("/v1/interventions", json=body, headers=headers)
+        assert mismatch.status_code == 422 and mismatch.json()["type"].endswith("/sae-model-mismatch")
+        assert client.get("/v1/interventions/" + "a" * 32, headers=headers).status_code == 404
+
+        # patch to the adult cohort's statistics (computed once from the zoo's data)
+        patch = intervene([{"latent": top, "op": "patch", "reference_cohort": "adult", "scope": "slices",
+                            "slices": [2, 8]}])  # fmt: skip
+        assert patch.status_code == 201, patch.text
+        assert patch.json()["edit_info"][0]["scope"] == "slices"
+
+
+def test_latent_cards_computed_from_zoo_data(tmp_path):
+    with tiny_client(tmp_path) as (client, headers):
+        r = client.get(f"/v1/saes/{UNET_SAE}/latents/3", headers=headers)
+        assert r.status_code == 200, r.text
+        card = r.json()
+        assert card["source"] == "computed" and card["latent"] == 3
+        assert set(card["firing_rate"]) == {"adult", "ssa"} and card["n_cases"] == {"adult": 3, "ssa": 3}
+        assert all(0.0 <= v <= 1.0 for v in card["firing_rate"].values())
+        mass = sum(card["region"].values())
+        assert mass == pytest.approx(1.0, abs=1e-6) or mass == 0.0  # fractions of the latent's mass
+        assert client.get(f"/v1/saes/{UNET_SAE}/latents/{D_SAE}", headers=headers).status_code == 404
+        assert client.get("/v1/saes/nope/latents/0", headers=headers).status_code == 404
+        png = client.get(f"/v1/saes/{UNET_SAE}/latents/3/examples.png", headers=headers)
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        again = client.get(f"/v1/saes/{UNET_SAE}/latents/3/examples.png", headers=headers)
+        assert again.content == png.content  # cached on disk
