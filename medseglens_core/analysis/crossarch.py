@@ -73,10 +73,14 @@ def align_maps(
     alpha: float = 0.05,
     regions_a: list[str] | None = None,
     regions_b: list[str] | None = None,
+    max_latents: int | None = 256,
 ) -> CrossArchAlignment:
     """Hungarian matching of latent maps ``(S, d_a, g, g)`` vs ``(S, d_b, g, g)`` on the same slices.
 
-    Latents that never fire on these slices are left out (their correlation is undefined).
+    Latents that never fire on these slices are left out (their correlation is undefined). Of the
+    live latents, at most ``max_latents`` per SAE with the largest total activation are matched
+    (None: all); each permutation costs a ``d_a x N x d_b`` product plus a Hungarian solve, so
+    this bounds the run time.
     ``regions_a/b``: optional dominant-region name per latent (length ``d_a`` / ``d_b``).
     """
     if maps_a.ndim != 4 or maps_b.ndim != 4 or maps_a.shape[0] != maps_b.shape[0]:
@@ -92,6 +96,13 @@ def align_maps(
     flat_b = maps_b.float().permute(1, 0, 2, 3).reshape(maps_b.shape[1], s, -1)
     alive_a = torch.nonzero(flat_a.std(dim=1) > 0).flatten()
     alive_b = torch.nonzero(flat_b.flatten(1).std(dim=1) > 0).flatten()
+    if max_latents is not None:
+        alive_a = alive_a[torch.argsort(-flat_a[alive_a].sum(dim=1), stable=True)[:max_latents]].sort().values
+        alive_b = (
+            alive_b[torch.argsort(-flat_b[alive_b].flatten(1).sum(dim=1), stable=True)[:max_latents]]
+            .sort()
+            .values
+        )
     if len(alive_a) == 0 or len(alive_b) == 0:
         raise InvalidInput("no latent fires on these slices in one of the SAEs; use more or other slices")
     a = _standardise(flat_a[alive_a])

@@ -198,10 +198,11 @@ def build_diff_report(
     criteria: DiffCriteria = DiffCriteria(),
     regions: tuple[str, ...] = ("SNFH",),
     min_rate: float = 1e-3,
-    crossarch_cases_per_cohort: int = 2,
-    n_perm: int = 100,
+    crossarch_cases_per_cohort: int = 1,
+    n_perm: int = 50,
     grid: int = 16,
-    max_slices_per_case: int | None = 16,
+    max_slices_per_case: int | None = 8,
+    crossarch_slices: int = 48,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Diff every model of ``zoo_dir`` that has an SAE over the cohorts under ``data_dir``.
@@ -235,7 +236,7 @@ def build_diff_report(
         loaded[entry.model_id] = (model, sae, section["hook"], input_size_of(model, entry.model_card))
         extras[entry.model_id] = volcano
     report["crossarch"] = _crossarch(
-        loaded, report, cases, crossarch_cases_per_cohort, n_perm, grid, criteria, progress
+        loaded, report, cases, crossarch_cases_per_cohort, n_perm, grid, criteria, crossarch_slices, progress
     )
     report["timing_s"] = round(time.perf_counter() - t0, 2)
     out = Path(out_dir)
@@ -247,7 +248,9 @@ def build_diff_report(
     return report
 
 
-def _crossarch(loaded, report, cases, per_cohort, n_perm, grid, criteria, progress) -> list[dict[str, Any]]:
+def _crossarch(
+    loaded, report, cases, per_cohort, n_perm, grid, criteria, max_slices, progress
+) -> list[dict[str, Any]]:
     ids = sorted(loaded)
     subset = [c for v in cases.values() for c in v[:per_cohort]]
     out = []
@@ -268,6 +271,7 @@ def _crossarch(loaded, report, cases, per_cohort, n_perm, grid, criteria, progre
                 subset,
                 grid=grid,
                 n_perm=n_perm,
+                max_slices=max_slices,
                 alpha=criteria.alpha,
                 progress=progress,
             )
