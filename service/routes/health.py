@@ -67,8 +67,17 @@ def readyz(request: Request, settings: SettingsDep, pool: PoolDep) -> Readiness:
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}
     },
 )
-def metrics(metrics: MetricsDep, pool: PoolDep) -> Response:
+def metrics(request: Request, metrics: MetricsDep, pool: PoolDep) -> Response:
     """Prometheus metrics: request latency by route, inference seconds, resident models, queue depth."""
     metrics.models_loaded.labels("model").set(len(pool.models))
     metrics.models_loaded.labels("sae").set(len(pool.saes))
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is not None:
+        import redis
+
+        queue = jobs.settings.queue
+        try:
+            metrics.queue_depth.labels(queue).set(jobs.dispatcher.depth(queue))
+        except (redis.RedisError, OSError):
+            metrics.queue_depth.labels(queue).set(float("nan"))  # queue unreachable: unknown, not 0
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
