@@ -33,6 +33,9 @@ def train_model_cmd(
     val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 100,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
+    ] = None,
     model_id: Annotated[
         str | None, typer.Option("--id", help="Model id (default: the output folder's name).")
     ] = None,
@@ -55,6 +58,7 @@ def train_model_cmd(
         val_every=val_every,
         seed=seed,
         device=device,
+        num_threads=threads,
     )
     names = [c.strip() for c in cohorts.split(",") if c.strip()]
     card = train_model(cfg, data, names, out, model_id=model_id, progress_bar=True)
