@@ -126,3 +126,39 @@ def test_train_sae_for_model_end_to_end(tiny):
     assert set(m["fidelity"]["splice_vs_original"]) == {"WT", "TC", "ET"}
     sae, _ = load_sae(root / "saes" / "s1")
     assert sae.cfg.activation_scale is not None and float(sae.threshold[0]) > 0
+
+
+def test_train_sae_cli(tiny):
+    from typer.testing import CliRunner
+
+    from medseglens_core.models.card import save_model
+    from service.cli import _register, app
+
+    model, root = tiny
+    save_model(model, {"id": "tiny-unet"}, root / "m")
+    _register()
+    args = [
+        "train-sae",
+        "--model",
+        str(root / "m"),
+        "--data",
+        str(root / "data"),
+        "--cohorts",
+        "adult",
+        "--out",
+        str(root / "s"),
+        "--expansion",
+        "2",
+        "--k",
+        "2",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output)
+    assert printed["hook"] == "bottleneck" and "explained_variance" in printed["metrics"]
+    assert (root / "s" / "sae_weights.safetensors").is_file()
