@@ -83,7 +83,7 @@ def test_output_grid_dtype_and_skull_stripping():
 
 
 @pytest.mark.parametrize("cohort", ["adult", "pediatric", "ssa"])
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_lesion_cohorts_have_oedema_and_a_core(cohort, seed):
     values = set(np.unique(_case(cohort, seed).label).tolist())
     assert values <= {0, 1, 2, 3}
@@ -101,7 +101,7 @@ def test_pediatric_heads_are_smaller_and_tumours_infratentorial_or_midline():
     ped = (_case("pediatric", 1).images["t1n"] > 0).sum()
     assert ped / adult < 0.85  # scale ~0.9 -> volume ~0.73
     tpl = load_templates(2)
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         case = _case("pediatric", seed)
         info = case.info["lesion"]
         assert info["location"] in ("posterior_fossa", "midline")
