@@ -172,12 +172,19 @@ def summarise_latents(
     result = VolumeLatents(
         top_total, top_tumour, {}, {j: masked[:, j].clone() for j in selected}, prepared, brain
     )
-    for j in selected:
-        active = (prepared.to_case_grid((result.token_maps[j] > 0).float()[:, None])[0] >= 0.5) & brain
-        value = result.latent_map(j)
-        result.stats[j] = _latent_stat(
-            j, float(total[j]), float(tumour[j]), active, value, pred_case, label_gt, affine
+    for c in range(0, len(selected), 4):  # 4 latents (value + activity channels) per resampling call
+        chunk = selected[c : c + 4]
+        stack = torch.stack(
+            [result.token_maps[j] for j in chunk] + [(result.token_maps[j] > 0).float() for j in chunk], 1
         )
+        grid = prepared.to_case_grid(stack)
+        for i, j in enumerate(chunk):
+            active = (grid[len(chunk) + i] >= 0.5) & brain
+            value = grid[i]
+            value[~brain] = 0.0
+            result.stats[j] = _latent_stat(
+                j, float(total[j]), float(tumour[j]), active, value, pred_case, label_gt, affine
+            )
     return result
 
 
