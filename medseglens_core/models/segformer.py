@@ -41,13 +41,14 @@ class SegFormerConfig(BaseConfig):
 
     Attributes:
         variant: "b0" (default, 3.7 M parameters), "b1" or "b2".
-        input_size: square input side in pixels (default 128: the decode head predicts at 1/4
+        input_size: square input side in pixels (default 96, like the U-Net: on a 2 mm brain that is
+            about the native resolution, and training is 2.5x cheaper than at 128; the decode head predicts at 1/4
             resolution, upsampled bilinearly to the input size).
         drop_path_rate: stochastic depth rate during training.
         classifier_dropout: dropout before the classifier during training.
     """
 
-    input_size: int = 128
+    input_size: int = 96
     variant: str = "b0"
     drop_path_rate: float = 0.1
     classifier_dropout: float = 0.1
