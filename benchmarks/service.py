@@ -9,9 +9,12 @@ Prints one JSON object::
 where each ``http[c]`` holds ``clients``, ``requests``, ``throughput_rps``, ``p50_s``, ``p95_s``.
 The server runs with ``MEDSEGLENS_PREFIX_CACHE_BYTES=0`` so every request does the whole work
 (load the stored NIfTI files, preprocess, one network pass, latent summary, scores, mask write),
-the same work the core time measures in this process. The single-client requests alternate with
-the core runs (never concurrent), so both see the same load on a shared machine.
+the same work the core time measures in this process (in a worker thread, as the server's pool
+does). The single-client requests alternate with the core runs (never concurrent), so both see
+the same load on a shared machine; ``p50`` of each is compared.
 Server peak RSS is ``VmHWM`` of the server process (``/proc/<pid>/status``; psutil is not needed).
+
+Both processes run with ``OMP_WAIT_POLICY=PASSIVE`` (see below) unless the caller sets it.
 
 Usage: ``python benchmarks/service.py [--zoo DIR] [--model ID] [--requests N]``; the zoo defaults
 to ``$MEDSEGLENS_ZOO``, and a small untrained zoo (U-Net at 96 px + BatchTopK SAE) is built in a
@@ -37,6 +40,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# libgomp's default active wait keeps a process's OpenMP threads spinning after each parallel
+# region; on a shared CPU the benchmark's own threads then starve the server (measured 4.4 s vs
+# 0.3 s per network pass on 2 cores). Passive waiting, set before torch loads, for both processes.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(ROOT))
 MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 
@@ -239,12 +246,15 @@ def main() -> None:
                 raise SystemExit(f"upload failed: {volume.status_code} {volume.text[:500]}")
         body = {"volume_id": volume.json()["id"], "model_id": model_id, "sae_id": sae_id, "top_k": 10}
         http_run(base, key, body, 1, 1)  # warm-up
-        core_once(zoo, model_id, sae_id, files, work)
-        # 1 client interleaved with the in-process core run, so both see the same machine load
-        core, singles = [], []
-        for _ in range(args.requests):
-            core.append(core_once(zoo, model_id, sae_id, files, work))
-            singles.append(http_run(base, key, body, 1, 1))
+        # The core runs in a worker thread, as the server's pool runs it (torch's intra-op thread
+        # pool behaves differently on the main thread), interleaved with the single-client requests
+        # so both see the same load on a shared machine.
+        with ThreadPoolExecutor(1) as runner:
+            runner.submit(core_once, zoo, model_id, sae_id, files, work).result()  # warm-up
+            core, singles = [], []
+            for _ in range(args.requests):
+                core.append(runner.submit(core_once, zoo, model_id, sae_id, files, work).result())
+                singles.append(http_run(base, key, body, 1, 1))
         runs = {"1": merge(singles), "4": http_run(base, key, body, 4, max(1, args.requests // 4))}
         rss = peak_rss_mib(proc.pid)
     finally:
