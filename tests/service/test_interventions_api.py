@@ -110,3 +110,25 @@ def test_latent_cards_computed_from_zoo_data(tmp_path):
         assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
         again = client.get(f"/v1/saes/{UNET_SAE}/latents/3/examples.png", headers=headers)
         assert again.content == png.content  # cached on disk
+
+
+def test_cards_shipped_in_the_sae_dir_win(tmp_path):
+    from medseglens_core.analysis.cards import write_cards
+    from service.errors import ResourceNotFound
+    from service.latent_cards import CardsUnavailable, CardStore
+    from service.pool import Resident
+
+    shipped = [{"latent": j, "firing_rate": {"adult": j / 10}, "mean_activation": {"adult": 0.0},
+                "n_cases": {"adult": 2}, "region": {"healthy": 1.0}, "top_examples": []} for j in range(3)]  # fmt: skip
+    write_cards(shipped, tmp_path / "sae" / "latents")
+    sae = Resident("s", object(), {"id": "s", "model_id": "m"}, "cpu", tmp_path / "sae")
+    store = CardStore(tmp_path / "no-zoo", tmp_path / "cache", sae, None)
+    card, source = store.card(2)
+    assert source == "sae_dir" and card["firing_rate"] == {"adult": 0.2}
+    with pytest.raises(ResourceNotFound, match="has 3 latents"):
+        store.card(3)
+    bare = CardStore(
+        tmp_path / "no-zoo", tmp_path / "cache", Resident("t", object(), {}, "cpu", tmp_path), None
+    )
+    with pytest.raises(CardsUnavailable, match="no latent cards"):
+        bare.card(0)

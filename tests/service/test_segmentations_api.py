@@ -106,8 +106,9 @@ def test_segment_matches_core_and_serves_artefacts(tmp_path):
         assert client.get(f"/v1/segmentations/{seg['id']}", headers=headers).json() == seg
 
 
-def test_unlabelled_default_sae_and_errors(tmp_path):
-    with tiny_client(tmp_path) as (client, headers):
+def test_unlabelled_default_sae_and_errors(tmp_path, database_url):
+    # database_url (tests/service/conftest.py): SQLite and a fresh PostgreSQL schema
+    with tiny_client(tmp_path, database_url) as (client, headers):
         vid = upload(client, headers, label=False)
         r = client.post(
             "/v1/segmentations", json={"volume_id": vid, "model_id": UNET, "top_k": 3}, headers=headers
@@ -130,3 +131,9 @@ def test_unlabelled_default_sae_and_errors(tmp_path):
         assert post({"volume_id": vid, "model_id": UNET}, read_only).status_code == 403
         assert client.get("/v1/segmentations/" + "f" * 32, headers=headers).status_code == 404
         assert client.get("/v1/segmentations").status_code == 401
+        # deleting the volume removes its segmentations, their files and its cached prefixes
+        seg_dir = client.app.state.storage.area_dir("segmentations", body["id"])
+        assert seg_dir.is_dir() and (vid, UNET) in client.app.state.pool.prefix_cache._items
+        assert client.delete(f"/v1/volumes/{vid}", headers=headers).status_code == 204
+        assert client.get(f"/v1/segmentations/{body['id']}", headers=headers).status_code == 404
+        assert not seg_dir.exists() and len(client.app.state.pool.prefix_cache) == 0

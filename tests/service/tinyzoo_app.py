@@ -91,9 +91,11 @@ def new_key(settings: Settings, scopes: str = ",".join(SCOPES)) -> str:
 
 
 @contextmanager
-def tiny_client(tmp_path: Path, **pool_kwargs: Any) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    """``(client, admin headers)`` over a fresh app on the tiny zoo."""
-    settings = tiny_settings(tmp_path)
+def tiny_client(
+    tmp_path: Path, database_url: str | None = None, **pool_kwargs: Any
+) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    """``(client, admin headers)`` over a fresh app on the tiny zoo (SQLite unless ``database_url``)."""
+    settings = tiny_settings(tmp_path, database_url)
     headers = {"Authorization": f"Bearer {new_key(settings)}"}
     app = create_app(settings, pool=tiny_pool(settings.zoo_dir, **pool_kwargs))
     with TestClient(app, raise_server_exceptions=False) as client:
