@@ -115,7 +115,7 @@ def test_latent_cards_computed_from_zoo_data(tmp_path):
 def test_cards_shipped_in_the_sae_dir_win(tmp_path):
     from medseglens_core.analysis.cards import write_cards
     from service.errors import ResourceNotFound
-    from service.latent_cards import CardsUnavailable, CardStore
+    from service.latent_cards import CardStore, CardsUnavailable
     from service.pool import Resident
 
     shipped = [{"latent": j, "firing_rate": {"adult": j / 10}, "mean_activation": {"adult": 0.0},
