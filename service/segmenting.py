@@ -203,19 +203,32 @@ def intervene(
     spec: Any,
     reference_stats: dict[str, np.ndarray] | None,
     out_dir: Path,
+    mask_volume: Volume | None = None,
 ) -> dict[str, Any]:
     """Apply ``spec`` (``interventions.spec.InterventionSpec``) to the volume's cached prefix.
 
-    Only the suffix after the hook re-runs, and only for slices with a changed token. Writes the
-    edited mask; returns ``InterventionResult.to_json()`` plus ``prefix_cache_hit`` and timings.
+    Only the suffix after the hook re-runs, and only for slices with a changed token. Edits with
+    scope ``mask`` use ``mask_volume``'s label map > 0 (the core refuses another grid shape).
+    Writes the edited mask; returns ``InterventionResult.to_json()`` plus ``prefix_cache_hit``
+    and timings.
     """
     from medseglens_core.interventions.apply import apply_spec
 
     start = time.perf_counter()
     entry, hit, timings = volume_prefix(pool, storage, volume, model, hook_of(model, sae))
     t0 = time.perf_counter()
+    mask = None
+    if mask_volume is not None:
+        mask_label = load_volume_case(storage, mask_volume).label
+        mask = None if mask_label is None else mask_label > 0
     result = apply_spec(
-        entry.cache, sae.obj, spec, label=entry.label, spacing=entry.spacing, reference_stats=reference_stats
+        entry.cache,
+        sae.obj,
+        spec,
+        label=entry.label,
+        spacing=entry.spacing,
+        mask=mask,
+        reference_stats=reference_stats,
     )
     timings["edit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

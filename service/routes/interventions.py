@@ -22,9 +22,9 @@ router = APIRouter(prefix="/interventions", tags=["interventions"])
 
 
 class MaskScopeUnsupported(ServiceError):
-    """Scope ``mask`` needs an array; JSON requests cannot carry one."""
+    """Scope ``mask`` without ``mask_volume_id``, or a mask volume that has no label map."""
 
-    status, slug, title = 422, "mask-scope-unsupported", "Scope 'mask' is not available over JSON"
+    status, slug, title = 422, "mask-unavailable", "No mask for scope 'mask'"
 
 
 def to_out(row: Intervention) -> InterventionOut:
@@ -80,8 +80,8 @@ async def create_intervention(
     Only the network after the hook re-runs, from the prefix cached by a segmentation of the same
     volume and model (computed now on a miss). An empty edit list changes nothing (changed_voxels 0,
     mask bit-identical to the segmentation's). 422 for an invalid spec (unknown op, missing value,
-    latent >= d_sae, scope `mask`), an SAE of another model (`sae-model-mismatch`), or a `patch`
-    whose reference cohort has no statistics.
+    latent >= d_sae, scope `mask` without a labelled `mask_volume_id` on the same grid), an SAE of
+    another model (`sae-model-mismatch`), or a `patch` whose reference cohort has no statistics.
     """
     from medseglens_core.interventions.errors import LatentOutOfRange
     from medseglens_core.interventions.spec import InterventionSpec
@@ -92,8 +92,15 @@ async def create_intervention(
     if sae is None:  # pragma: no cover - sae_id is required, so resident_sae returns one or raises
         raise ResourceNotFound(f"No SAE {body.sae_id!r}.")
     spec = InterventionSpec(edits=body.edits)
+    mask_volume = None
     if spec.needs_mask:
-        raise MaskScopeUnsupported("Scope 'mask' needs an array; use 'box', 'slices' or 'predicted_region'.")
+        if body.mask_volume_id is None:
+            raise MaskScopeUnsupported(
+                "Scope 'mask' needs 'mask_volume_id' (an uploaded volume with a label)."
+            )
+        mask_volume = stored_volume(session, body.mask_volume_id)
+        if not mask_volume.has_label:
+            raise MaskScopeUnsupported(f"Volume {mask_volume.id} has no label map to use as a mask.")
     d_sae = int(sae.obj.W_dec.shape[0])
     for edit in spec.edits:
         if edit.latent >= d_sae:
@@ -115,6 +122,7 @@ async def create_intervention(
             spec,
             reference,
             stage,
+            mask_volume,
             kind="intervention",
         )
         storage.publish(stage, dest)

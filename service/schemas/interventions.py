@@ -14,8 +14,9 @@ class InterventionCreate(BaseModel):
     """Edit SAE latents inside one volume's forward pass.
 
     Edits use the core's spec (``ablate``, ``clamp``, ``scale``, ``add``, ``patch``; scopes ``all``,
-    ``active``, ``predicted_region``, ``box``, ``slices``). Scope ``mask`` needs an array and is not
-    available over JSON (422): use ``box``, ``slices`` or ``predicted_region``.
+    ``active``, ``predicted_region``, ``box``, ``slices``, ``mask``). Scope ``mask`` takes its mask from
+    ``mask_volume_id``: an uploaded volume whose label map (any label > 0) is the mask, on the same
+    RAS grid as ``volume_id`` (422 otherwise, or when it is missing or unlabelled).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -24,6 +25,11 @@ class InterventionCreate(BaseModel):
     model_id: str = Field(pattern=CATALOG_PATTERN)
     sae_id: str = Field(pattern=CATALOG_PATTERN, description="An SAE trained on `model_id` (else 422).")
     edits: list[Edit] = Field(default_factory=list, max_length=256, description="Applied together.")
+    mask_volume_id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="For scope `mask`: a volume whose label map (> 0) is the mask, same grid as volume_id.",
+    )
 
 
 class RegionSummary(BaseModel):

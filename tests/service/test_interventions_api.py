@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.service.builders import case_files, load_bytes, write_files
+from tests.service.builders import case_files, load_bytes, multipart, write_files
 from tests.service.tinyzoo_app import D_SAE, SEGFORMER_SAE, UNET, UNET_SAE, tiny_client, tiny_zoo, upload
 
 
@@ -76,7 +76,7 @@ def test_empty_and_ablation_interventions(tmp_path):
             ([{"latent": 0, "op": "explode"}], "validation-error"),
             ([{"latent": D_SAE, "op": "ablate"}], "latent-out-of-range"),
             ([{"latent": 0, "op": "clamp"}], "validation-error"),
-            ([{"latent": 0, "op": "ablate", "scope": "mask"}], "mask-scope-unsupported"),
+            ([{"latent": 0, "op": "ablate", "scope": "mask"}], "mask-unavailable"),
             ([{"latent": 0, "op": "patch", "reference_cohort": "nowhere"}], "missing-reference"),
         ):
             bad = intervene(edits)
@@ -86,6 +86,22 @@ def test_empty_and_ablation_interventions(tmp_path):
         mismatch = client.post("/v1/interventions", json=body, headers=headers)
         assert mismatch.status_code == 422 and mismatch.json()["type"].endswith("/sae-model-mismatch")
         assert client.get("/v1/interventions/" + "a" * 32, headers=headers).status_code == 404
+
+        # scope "mask": the label map of another upload on the same grid; another grid is refused
+        def masked(mask_vid):
+            body = {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE, "mask_volume_id": mask_vid,
+                    "edits": [{"latent": top, "op": "ablate", "scope": "mask"}]}  # fmt: skip
+            return client.post("/v1/interventions", json=body, headers=headers)
+
+        in_mask = masked(upload(client, headers, seed=1))
+        assert in_mask.status_code == 201, in_mask.text
+        info = in_mask.json()["edit_info"][0]
+        assert info["scope"] == "mask" and 0 < info["tokens_in_scope"] < core.edits[0].tokens_in_scope
+        unlabelled = masked(upload(client, headers, label=False))
+        assert unlabelled.status_code == 422 and unlabelled.json()["type"].endswith("/mask-unavailable")
+        r = client.post("/v1/volumes", files=multipart(case_files(shape=(24, 28, 16))), headers=headers)
+        other_grid = masked(r.json()["id"])
+        assert other_grid.status_code == 422 and other_grid.json()["type"].endswith("/missing-mask")
 
         # patch to the adult cohort's statistics (computed once from the zoo's data)
         patch = intervene([{"latent": top, "op": "patch", "reference_cohort": "adult", "scope": "slices",
