@@ -73,15 +73,15 @@ class ZooConfig:
     seed: int = 0
     splits: dict[str, dict[str, int]] = field(
         default_factory=lambda: {
-            "adult": {"train": 24, "val": 4, "test": 6},
-            "pediatric": {"train": 6, "test": 6},
-            "ssa": {"train": 6, "test": 6},
-            "healthy": {"train": 4, "test": 4},
+            "adult": {"train": 24, "val": 4, "test": 10},
+            "pediatric": {"train": 6, "test": 10},
+            "ssa": {"train": 6, "test": 10},
+            "healthy": {"train": 4, "test": 10},
         }
     )
     models: tuple[ZooModelSpec, ...] = (
-        ZooModelSpec("segformer-b0-adult", "segformer", {"variant": "b0"}, "stage3", 200.0),
-        ZooModelSpec("unet-adult", "unet", {}, "bottleneck", 150.0),
+        ZooModelSpec("segformer-b0-adult", "segformer", {"variant": "b0"}, "stage3", 180.0),
+        ZooModelSpec("unet-adult", "unet", {}, "bottleneck", 120.0),
     )
     sae_expansion: int = 4
     sae_k: int = 16
