@@ -180,9 +180,32 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
     # ----- training hooks (variants) ------------------------------------------------------------
-    def select(self, pre: torch.Tensor) -> SparseCodes:
-        """Training-time selection on pre-activations ``(B, d_sae)`` (no autograd), fast path."""
+    def chunk_candidates(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate training codes of one chunk of tokens' pre-activations ``(r, d_sae)``.
+
+        Returns flat row-major indices into the chunk (int64, increasing) and their values; a
+        superset of the chunk's final codes (exactly them for per-token selections). Called by
+        the fast step while the chunk is in cache (no autograd).
+        """
         raise NotImplementedError
+
+    def finish_selection(
+        self, idx: torch.Tensor, vals: torch.Tensor, n_rows: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Final codes (flat indices into ``(n_rows, d_sae)``, values; order kept) from all the
+        batch's candidates. ``None`` means the candidates were too few: the variant loosened its
+        candidate rule and the chunks are to be scanned again. Default: candidates are final."""
+        return idx, vals
+
+    def select(self, pre: torch.Tensor) -> SparseCodes:
+        """Training-time codes of a whole batch's pre-activations ``(B, d_sae)``, sorted by (row, col)."""
+        from medseglens_core.sae.select import codes_from_flat
+
+        while True:
+            idx, vals = self.chunk_candidates(pre)
+            done = self.finish_selection(idx, vals, pre.shape[0])
+            if done is not None:
+                return codes_from_flat(*done, pre.shape[0], pre.shape[1])
 
     def reference_codes(self, acts: torch.Tensor) -> torch.Tensor:
         """Training-time dense codes of ``relu(pre) (B, d_sae)``, straightforward (reference) path."""

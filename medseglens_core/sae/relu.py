@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from medseglens_core.sae.base import SAE, SparseCodes, register_sae
+from medseglens_core.sae.base import SAE, register_sae
+from medseglens_core.sae.select import candidates_above
 
 
 @register_sae
@@ -24,10 +25,8 @@ class ReLUSAE(SAE):
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
-    def select(self, pre: torch.Tensor) -> SparseCodes:
-        b, m = pre.shape
-        idx = (pre.reshape(-1) > 0).nonzero().squeeze(1)
-        return SparseCodes(rows=idx // m, cols=idx % m, vals=pre.reshape(-1)[idx], n_rows=b)
+    def chunk_candidates(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return candidates_above(pre, 0.0)
 
     def reference_codes(self, acts: torch.Tensor) -> torch.Tensor:
         return acts

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from medseglens_core.sae.base import SAE, SparseCodes, register_sae
+from medseglens_core.sae.base import SAE, register_sae
 
 
 @register_sae
@@ -20,13 +20,13 @@ class TopKSAE(SAE):
         top = pre.topk(self.cfg.k, dim=1, sorted=False)
         return torch.zeros_like(pre).scatter(1, top.indices, top.values.clamp_min(0.0))
 
-    def select(self, pre: torch.Tensor) -> SparseCodes:
-        b = pre.shape[0]
+    def chunk_candidates(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r, m = pre.shape
         top = pre.topk(self.cfg.k, dim=1, sorted=False)
         cols, order = top.indices.sort(dim=1)
         vals = top.values.gather(1, order).clamp_min(0.0)
-        rows = torch.arange(b, device=pre.device).repeat_interleave(self.cfg.k)
-        return SparseCodes(rows=rows, cols=cols.reshape(-1), vals=vals.reshape(-1), n_rows=b)
+        idx = cols + torch.arange(0, r * m, m, device=pre.device).unsqueeze(1)
+        return idx.reshape(-1), vals.reshape(-1)
 
     def reference_codes(self, acts: torch.Tensor) -> torch.Tensor:
         top = acts.topk(self.cfg.k, dim=1, sorted=True)

@@ -1,0 +1,80 @@
+"""Sparse code selection: candidates per chunk of tokens, global top-n without sorting.
+
+The fast training step (:mod:`medseglens_core.sae.step`) computes encoder pre-activations one
+row chunk at a time into a small reused buffer (about 1 MiB, so it stays in the CPU's L2
+cache) and collects each chunk's candidate codes right away, while the chunk is still in
+cache: the full ``(B, d_sae)`` pre-activation matrix is never written to memory, never
+re-read, and no fresh 32 MiB buffer is page-faulted in per step.
+
+All indices here are FLAT row-major positions ``row * d_sae + col`` (int64), and every
+function returns them in increasing order, so the codes come out sorted by (row, col) with no
+sort.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medseglens_core.sae.base import SparseCodes
+
+__all__ = ["batch_topk_select", "candidates_above", "codes_from_flat", "first_hint", "top_n_in_order"]
+
+
+def candidates_above(pre: torch.Tensor, thr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries of ``pre (r, m)`` strictly above ``thr``: (flat indices int64, values), in order."""
+    flat = pre.reshape(-1)
+    idx = (flat > thr).nonzero().squeeze(1)
+    return idx, flat.index_select(0, idx)
+
+
+def first_hint(pre: torch.Tensor, n_per_row: int) -> float:
+    """A starting candidate threshold from one chunk ``pre (r, m)``: the value that about twice
+    ``n_per_row * r`` of its entries exceed (>= 0). Used on the very first step only."""
+    flat = pre.reshape(-1)
+    keep = min(flat.numel(), max(1, 2 * n_per_row * pre.shape[0]))
+    return max(0.0, float(flat.topk(keep, sorted=False).values.min()))
+
+
+def top_n_in_order(idx: torch.Tensor, vals: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` largest of ``vals`` with their ``idx``, keeping the input order (no sort).
+
+    Finds the n-th largest value with one selection (``kthvalue``) and keeps everything above it
+    plus, among entries equal to it, the first ones in order until there are exactly ``n``.
+    """
+    c = vals.numel()
+    if c <= n:
+        return idx, vals
+    kth = vals.kthvalue(c - n + 1).values
+    keep = vals > kth
+    short = n - int(keep.sum())
+    if short > 0:  # ties at the n-th value: take the first ones (a topk would pick arbitrarily)
+        ties = (vals == kth).nonzero().squeeze(1)[:short]
+        keep[ties] = True
+    sel = keep.nonzero().squeeze(1)
+    return idx.index_select(0, sel), vals.index_select(0, sel)
+
+
+def codes_from_flat(idx: torch.Tensor, vals: torch.Tensor, n_rows: int, m: int) -> SparseCodes:
+    """:class:`SparseCodes` from sorted flat indices into a ``(n_rows, m)`` matrix."""
+    rows = torch.div(idx, m, rounding_mode="floor")
+    return SparseCodes(rows=rows, cols=idx - rows * m, vals=vals, n_rows=n_rows)
+
+
+def batch_topk_select(pre: torch.Tensor, n: int, hint: float | None) -> tuple[SparseCodes, float]:
+    """Top ``n`` positive entries of a whole ``pre (B, m)`` over the batch, without a full sort.
+
+    ``hint`` is a lower bound guess for the n-th value (e.g. last step's with a margin;
+    ``None``: estimated from ``pre``). Exact for any hint: when fewer than ``n`` entries pass it,
+    all positive entries are taken instead. Returns the codes sorted by (row, col) and the next
+    hint (0.9 times the smallest kept value). The training step does the same chunk by chunk.
+    """
+    b, m = pre.shape
+    n = min(n, pre.numel())
+    if hint is None:
+        hint = first_hint(pre, max(1, n // b))
+    idx, vals = candidates_above(pre, max(hint, 0.0))
+    if idx.numel() < n and hint > 0.0:
+        idx, vals = candidates_above(pre, 0.0)
+    idx, vals = top_n_in_order(idx, vals, n)
+    next_hint = 0.9 * float(vals.min()) if vals.numel() else 0.0
+    return codes_from_flat(idx, vals, b, m), next_hint

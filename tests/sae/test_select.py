@@ -1,0 +1,67 @@
+"""Chunked selection: the fused encoder + selection equals the one-shot selection and the reference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from medseglens_core.sae import step
+from medseglens_core.sae.base import SAEConfig, build_sae, registered_architectures
+from medseglens_core.sae.reference import reference_step
+from medseglens_core.sae.select import top_n_in_order
+
+
+def test_top_n_in_order_keeps_order_and_breaks_ties_by_position():
+    vals = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.0, 1.0, 0.1])
+    idx = torch.arange(7) * 10
+    i, v = top_n_in_order(idx, vals, 4)
+    assert i.tolist() == [10, 20, 30, 40]  # 3.0, 2.0 and the first two of the three tied 1.0s
+    assert v.tolist() == [2.0, 1.0, 3.0, 1.0]
+    i, v = top_n_in_order(idx, vals, 9)
+    assert torch.equal(i, idx)
+
+
+@pytest.mark.parametrize("arch", registered_architectures())
+@pytest.mark.parametrize("hint", [None, 0.0, 0.3, 50.0])
+def test_chunked_encode_select_equals_one_shot(monkeypatch, arch, hint):
+    sae = build_sae(SAEConfig(arch=arch, d_in=16, d_sae=40, k=3, seed=1))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+    x_c = torch.randn(50, 16)
+    pre = torch.addmm(sae.b_enc, x_c, sae.W_enc).detach()
+    one = copy.deepcopy(sae)
+    one._select_hint = hint
+    expect = one.select(pre)
+    monkeypatch.setattr(step, "CHUNK_ROWS", 7)  # 8 chunks, the last one short
+    sae._select_hint = hint
+    dead = torch.tensor([3, 17, 39])
+    codes, pre_dead = step.encode_select(sae, x_c, dead)
+    assert torch.equal(codes.rows, expect.rows) and torch.equal(codes.cols, expect.cols)
+    torch.testing.assert_close(codes.vals, expect.vals)
+    torch.testing.assert_close(pre_dead, pre[:, dead])
+    if arch == "batchtopk":
+        assert codes.vals.numel() == 50 * 3
+        assert sae._select_hint == pytest.approx(0.9 * float(codes.vals.min()))
+
+
+@pytest.mark.parametrize("arch", registered_architectures())
+def test_multi_chunk_step_matches_reference(monkeypatch, arch):
+    monkeypatch.setattr(step, "CHUNK_ROWS", 5)
+    sae = build_sae(SAEConfig(arch=arch, d_in=16, d_sae=64, k=4, aux_k=8, l1_coeff=0.1, seed=3))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.5)
+        sae.b_dec.normal_(0, 0.5)
+    sae._select_hint = 100.0  # far too high: BatchTopK must rescan and still be exact
+    ref = copy.deepcopy(sae)
+    x = 2.0 * torch.randn(48, 16)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[1::4] = True
+    fast, slow = step.fast_step(sae, x, dead), reference_step(ref, x, dead)
+    assert fast.loss == pytest.approx(slow.loss, rel=1e-5)
+    assert fast.explained_variance == pytest.approx(slow.explained_variance, rel=1e-5)
+    assert fast.l0 == slow.l0 and torch.equal(fast.fired, slow.fired)
+    for name, p in sae.named_parameters():
+        q = dict(ref.named_parameters())[name]
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()))
