@@ -129,6 +129,8 @@ def start_worker(
     env.update(
         {"MEDSEGLENS_DATA_DIR": str(data_dir), "MEDSEGLENS_REDIS_URL": redis_url, "MEDSEGLENS_DEVICE": "cpu"}
     )
+    # The installed console script does not put the checkout on sys.path; --import needs tests.jobs.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("MEDSEGLENS_DATABASE_URL", None)
     cmd = worker_cmd("--zoo", str(zoo), "--import", "tests.jobs.fake_tasks")
     return subprocess.Popen(
