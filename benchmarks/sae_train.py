@@ -1,12 +1,18 @@
 """SAE training speed and memory benchmark; prints one JSON document on stdout.
 
-For d_in 256, k 32, batch 4096 and two dictionary sizes (2048, 8192) it measures, in one run:
+For d_in 256, k 32, batch 4096 and two dictionary sizes (2048, 8192) it measures, in one run,
+at 1 torch thread and (if different) at torch's default thread count:
 
-- ``matmul_flops``: FLOP/s of a plain ``torch.mm`` of the encoder shape ``(B, d_in) @ (d_in, d_sae)``;
-- ``fast``: the fast trainer (sparse step + gradient projection + Adam + decoder renorm) in
-  tokens/s and in dense-equivalent FLOP/s as a fraction of ``matmul_flops``;
+- ``matmul_flops``: FLOP/s of a plain ``torch.mm`` of the encoder shape ``(B, d_in) @ (d_in, d_sae)``
+  into a preallocated output, at the same thread setting;
+- ``fast``: the fast trainer (sparse step + gradient projection + fused Adam + decoder renorm)
+  in tokens/s and in dense-equivalent FLOP/s as a fraction of ``matmul_flops``;
 - ``reference``: the same loop with the naive autograd step (dense decode, b_dec in autograd,
   full sorted top-k), and the fast trainer's speedup over it.
+
+On a shared machine the load changes from second to second, so each timed training iteration
+is paired with a matmul timed right before it, and each reported fraction is the median of the
+per-pair ratios (the medians of the two times are reported too).
 
 FLOP accounting (identical for both trainers): ``3 * 2 * B * d_in * d_sae`` per step, the dense
 equivalent of the three GEMMs a step needs (encoder forward, encoder weight gradient, decoder).
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -56,20 +63,29 @@ def _tokens(n: int, seed: int = 0) -> torch.Tensor:
     return out
 
 
-def _time(fn, reps: int) -> float:
-    fn()
-    times = []
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+def _paired(step, mm, reps: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``reps`` calls of ``step``, each right after one timed ``mm`` call."""
+    step()
+    mm()
+    t_step, t_mm = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        mm()
+        t_mm.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        step()
+        t_step.append(time.perf_counter() - t)
+    return t_step, t_mm
 
 
-def _train_loop(step_fn, d_sae: int, data: torch.Tensor, steps: int) -> float:
-    """Median seconds per full training iteration (step, projection, Adam, renorm)."""
+def _train_iteration(step_fn, d_sae: int, data: torch.Tensor):
+    """One full training iteration (step, projection, fused Adam, renorm) per call."""
     sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, k=K, batch_size=BATCH, aux_k=256, dead_window=10**9))
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
     dead = torch.zeros(d_sae, dtype=torch.bool)
     batches = data.split(BATCH)
     it = iter(range(10**9))
@@ -81,39 +97,44 @@ def _train_loop(step_fn, d_sae: int, data: torch.Tensor, steps: int) -> float:
         opt.step()
         sae.normalize_decoder_()
 
-    return _time(one, steps)
+    return one
+
+
+def _trainer_result(t_step: list[float], t_mm: list[float], step_flops: int, gemm_flops: int) -> dict:
+    s = _median(t_step)
+    ratios = [step_flops / a / (gemm_flops / b) for a, b in zip(t_step, t_mm, strict=True)]
+    return {
+        "seconds_per_step": s,
+        "tokens_per_s": BATCH / s,
+        "flops": step_flops / s,
+        "fraction_of_matmul": _median(ratios),
+        "matmul_seconds_paired": _median(t_mm),
+    }
 
 
 def bench_speed(d_sae: int, data: torch.Tensor, steps: int) -> dict:
     a, w = torch.randn(BATCH, D_IN), torch.randn(D_IN, d_sae)
     out = torch.empty(BATCH, d_sae)
-    mm_s = _time(lambda: torch.mm(a, w, out=out), max(5, steps))
+
+    def mm() -> None:
+        torch.mm(a, w, out=out)
+
     gemm_flops = 2 * BATCH * D_IN * d_sae
     step_flops = 3 * gemm_flops
-    fast_s = _train_loop(fast_step, d_sae, data, steps)
-    ref_s = _train_loop(reference_step, d_sae, data, max(3, steps // 2))
-    mm_flops = gemm_flops / mm_s
+    fast_t, fast_mm = _paired(_train_iteration(fast_step, d_sae, data), mm, steps)
+    ref_t, ref_mm = _paired(_train_iteration(reference_step, d_sae, data), mm, max(3, steps // 3))
+    fast = _trainer_result(fast_t, fast_mm, step_flops, gemm_flops)
+    fast["actual_dense_flops_per_step"] = gemm_flops
     return {
         "d_in": D_IN,
         "d_sae": d_sae,
         "k": K,
         "batch": BATCH,
-        "matmul_flops": mm_flops,
+        "matmul_flops": gemm_flops / _median(fast_mm + ref_mm),
         "flops_per_step": step_flops,
-        "fast": {
-            "seconds_per_step": fast_s,
-            "tokens_per_s": BATCH / fast_s,
-            "flops": step_flops / fast_s,
-            "fraction_of_matmul": step_flops / fast_s / mm_flops,
-            "actual_dense_flops_per_step": gemm_flops,
-        },
-        "reference": {
-            "seconds_per_step": ref_s,
-            "tokens_per_s": BATCH / ref_s,
-            "flops": step_flops / ref_s,
-            "fraction_of_matmul": step_flops / ref_s / mm_flops,
-        },
-        "speedup_vs_reference": ref_s / fast_s,
+        "fast": fast,
+        "reference": _trainer_result(ref_t, ref_mm, step_flops, gemm_flops),
+        "speedup_vs_reference": _median(ref_t) / _median(fast_t),
     }
 
 
@@ -158,28 +179,40 @@ def bench_rss(token_counts: list[int], d_sae: int, threads: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps; RSS at 1e5 and 3e5 tokens")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="measure at this thread count only (default: 1 and torch's default, if different)",
+    )
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    settings = [args.threads] if args.threads else sorted({1, default_threads})
     torch.manual_seed(0)
-    steps = 5 if args.quick else 15
+    steps = 6 if args.quick else 15
     data = _tokens(BATCH * 4)
-    speed = [bench_speed(m, data, steps) for m in (2048, 8192)]
+    speed = {}
+    for threads in settings:
+        torch.set_num_threads(threads)
+        speed[str(threads)] = [bench_speed(m, data, steps) for m in (2048, 8192)]
     counts = [100_000, 300_000] if args.quick else [100_000, 1_000_000]
-    rss = bench_rss(counts, 2048, args.threads)
+    rss = bench_rss(counts, 2048, settings[0])
     print(
         json.dumps(
             {
                 "benchmark": "sae_train",
                 "machine": {
                     "cpu": platform.processor() or platform.machine(),
-                    "threads": args.threads,
+                    "cores": os.cpu_count(),
+                    "default_threads": default_threads,
+                    "load_average_1min": os.getloadavg()[0],
                     "torch": torch.__version__,
                     "device": "cpu",
                 },
                 "flop_accounting": "per step 3 * 2*B*d_in*d_sae: dense-equivalent encoder forward, encoder "
-                "weight grad, decoder; same count for both trainers",
-                "speed": speed,
+                "weight grad, decoder; same count for both trainers; matmul measured at the same thread "
+                "setting, paired with each step",
+                "speed_by_threads": speed,
                 "peak_rss": rss,
                 "rss_growth_ratio": rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"],
             },

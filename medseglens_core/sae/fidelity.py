@@ -1,9 +1,10 @@
 """Segmentation fidelity of an SAE splice: does the network still segment from x_hat?
 
-For each held-out case the model runs twice on the same preprocessed slices:
-original ``run_suffix(p, p.h)`` and spliced ``run_suffix(p, sae(p.h tokens))`` (the SAE
-reconstruction replaces the activation; NO error term), and both are mapped to labels on the
-case grid exactly as ``models.inference.segment_case`` does. Reported per region
+For each held-out case the prefix of the model runs ONCE per batch of preprocessed slices and
+the suffix twice: original ``run_suffix(p, p.h)`` (bit for bit the plain forward) and spliced
+``run_suffix(p, sae(p.h tokens))`` (the SAE reconstruction replaces the activation; NO error
+term); both are mapped to labels on the case grid exactly as ``models.inference.segment_case``
+does. Reported per region
 (WT, TC, ET; BraTS 2023 labels), each a mean over cases:
 
 - ``splice_vs_original``: Dice(spliced prediction, original prediction);
@@ -33,6 +34,26 @@ def spliced_forward(model: Any, sae: SAE, hook: str, x: torch.Tensor) -> torch.T
     return model.run_suffix(p, h_hat)
 
 
+def _predict_both(
+    model: Any, sae: SAE, hook: str, slices: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities ``(Z, 4, S, S)`` float32 CPU, original and spliced, one prefix pass."""
+    device = next(model.parameters()).device
+    shape = (slices.shape[0], model.cfg.num_classes, *slices.shape[-2:])
+    orig, spliced = torch.empty(shape), torch.empty(shape)
+    with torch.inference_mode():
+        for start in range(0, slices.shape[0], batch_size):
+            x = slices[start : start + batch_size].to(device=device, dtype=torch.float32)
+            p = model.run_prefix(x, hook)
+            b, c, hh, ww = p.h.shape
+            tokens = p.h.permute(0, 2, 3, 1).reshape(-1, c).float()
+            h_hat = sae(tokens).to(p.h.dtype).reshape(b, hh, ww, c).permute(0, 3, 1, 2).contiguous()
+            end = start + x.shape[0]
+            orig[start:end] = torch.softmax(model.run_suffix(p, p.h).float(), dim=1).cpu()
+            spliced[start:end] = torch.softmax(model.run_suffix(p, h_hat).float(), dim=1).cpu()
+    return orig, spliced
+
+
 def _region_dice(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     from medseglens_core.metrics.brats import REGIONS, dice
 
@@ -51,7 +72,7 @@ def splice_fidelity(
     case_dirs: Sequence[str | Path],
     *,
     cohorts: Sequence[str | None] | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
 ) -> dict[str, Any]:
     """Fidelity metrics (see module doc) over ``case_dirs``; model and SAE on the same device.
 
@@ -61,7 +82,7 @@ def splice_fidelity(
     """
     from medseglens_core.data.preprocess import prepare_case
     from medseglens_core.io import load_case
-    from medseglens_core.models.inference import predict_slices, probs_to_labels
+    from medseglens_core.models.inference import probs_to_labels
 
     model.eval()
     sae.eval()
@@ -69,9 +90,9 @@ def splice_fidelity(
     for i, case_dir in enumerate(case_dirs):
         case = load_case(case_dir, cohort=None if cohorts is None else cohorts[i])
         prep = prepare_case(case, model.cfg.input_size)
-        orig = probs_to_labels(prep, predict_slices(model, prep.slices, batch_size=batch_size))[0]
-        fn = lambda x: spliced_forward(model, sae, hook, x)  # noqa: E731
-        spliced = probs_to_labels(prep, predict_slices(model, prep.slices, batch_size=batch_size, fn=fn))[0]
+        p_orig, p_spliced = _predict_both(model, sae, hook, prep.slices, batch_size)
+        orig = probs_to_labels(prep, p_orig)[0]
+        spliced = probs_to_labels(prep, p_spliced)[0]
         row: dict[str, Any] = {
             "case_id": case.case_id,
             "cohort": case.cohort,

@@ -96,6 +96,22 @@ def test_splice_fidelity_is_perfect_for_a_lossless_sae(tiny):
     assert fid["gt_spliced"] == pytest.approx(fid["gt_original"])
 
 
+def test_one_prefix_pass_gives_the_plain_prediction(tiny):
+    from medseglens_core.data.preprocess import prepare_case
+    from medseglens_core.io import load_case
+    from medseglens_core.models.inference import predict_slices
+    from medseglens_core.sae.fidelity import _predict_both
+
+    model, root = tiny
+    prep = prepare_case(load_case(_cases(root)[0]), model.cfg.input_size)
+    sae = _exact_sae(16)
+    with torch.no_grad():
+        sae.W_dec.mul_(0.5)  # a lossy SAE: the spliced branch must differ
+    orig, spliced = _predict_both(model, sae, "bottleneck", prep.slices, batch_size=3)
+    assert torch.equal(orig, predict_slices(model, prep.slices, batch_size=3))
+    assert not torch.allclose(orig, spliced)
+
+
 def test_train_sae_for_model_end_to_end(tiny):
     from medseglens_core.models.card import save_model
 
