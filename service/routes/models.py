@@ -7,44 +7,68 @@ from fastapi import APIRouter
 from service.deps import CatalogId, PoolDep, ReadKey
 from service.errors import ResourceNotFound, problem_responses, problem_statuses
 from service.pool import Resident
-from service.schemas.catalog import CatalogEntry, CatalogList
+from service.schemas.catalog import ModelEntry, ModelList, SaeEntry, SaeList
 
 router = APIRouter(tags=["models"])
 
 
-def _entry(item: Resident) -> CatalogEntry:
-    return CatalogEntry(id=item.id, device=item.device, card=item.card)
+def _model_entry(item: Resident) -> ModelEntry:
+    card = item.card
+    cohorts = card.get("training_cohorts") or card.get("training", {}).get("cohorts") or []
+    return ModelEntry(
+        id=item.id,
+        architecture=str(card.get("architecture", "")),
+        hook_points=list(card.get("hook_points", [])),
+        default_hook=card.get("default_hook"),
+        training_cohorts=list(cohorts),
+        device=item.device,
+        card=card,
+    )
 
 
-@router.get("/models", response_model=CatalogList, responses=problem_responses(*problem_statuses()))
-def list_models(_key: ReadKey, pool: PoolDep) -> CatalogList:
+def _sae_entry(item: Resident) -> SaeEntry:
+    card = item.card
+    return SaeEntry(
+        id=item.id,
+        model_id=card.get("model_id"),
+        hook=card.get("hook"),
+        architecture=card.get("architecture"),
+        d_in=card.get("d_in"),
+        d_sae=card.get("d_sae"),
+        k=card.get("k"),
+        device=item.device,
+        card=card,
+    )
+
+
+@router.get("/models", response_model=ModelList, responses=problem_responses(*problem_statuses()))
+def list_models(_key: ReadKey, pool: PoolDep) -> ModelList:
     """Segmentation models resident in this process, by id."""
-    return CatalogList(items=[_entry(m) for _, m in sorted(pool.models.items())])
+    return ModelList(items=[_model_entry(m) for _, m in sorted(pool.models.items())])
 
 
 @router.get(
-    "/models/{model_id}", response_model=CatalogEntry, responses=problem_responses(*problem_statuses((404,)))
+    "/models/{model_id}", response_model=ModelEntry, responses=problem_responses(*problem_statuses((404,)))
 )
-def get_model(_key: ReadKey, model_id: CatalogId, pool: PoolDep) -> CatalogEntry:
+def get_model(_key: ReadKey, model_id: CatalogId, pool: PoolDep) -> ModelEntry:
     """One model's card (architecture, hook points, input spec, training cohorts, Dice per cohort)."""
     item = pool.models.get(model_id)
     if item is None:
         raise ResourceNotFound(f"No model {model_id!r}; list models with GET /v1/models.")
-    return _entry(item)
+    return _model_entry(item)
 
 
-@router.get("/saes", response_model=CatalogList, responses=problem_responses(*problem_statuses()))
-def list_saes(_key: ReadKey, pool: PoolDep) -> CatalogList:
-    """Sparse autoencoders resident in this process, by id."""
-    return CatalogList(items=[_entry(s) for _, s in sorted(pool.saes.items())])
+@router.get("/saes", response_model=SaeList, responses=problem_responses(*problem_statuses()))
+def list_saes(_key: ReadKey, pool: PoolDep, model_id: str | None = None) -> SaeList:
+    """Sparse autoencoders resident in this process, by id; `model_id` keeps those of one model."""
+    items = [_sae_entry(s) for _, s in sorted(pool.saes.items())]
+    return SaeList(items=[e for e in items if model_id is None or e.model_id == model_id])
 
 
-@router.get(
-    "/saes/{sae_id}", response_model=CatalogEntry, responses=problem_responses(*problem_statuses((404,)))
-)
-def get_sae(_key: ReadKey, sae_id: CatalogId, pool: PoolDep) -> CatalogEntry:
+@router.get("/saes/{sae_id}", response_model=SaeEntry, responses=problem_responses(*problem_statuses((404,))))
+def get_sae(_key: ReadKey, sae_id: CatalogId, pool: PoolDep) -> SaeEntry:
     """One SAE's card and training metrics."""
     item = pool.saes.get(sae_id)
     if item is None:
         raise ResourceNotFound(f"No SAE {sae_id!r}; list SAEs with GET /v1/saes.")
-    return _entry(item)
+    return _sae_entry(item)

@@ -7,16 +7,40 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class CatalogEntry(BaseModel):
-    """A resident model or SAE: its id, device and card (fields as written by the core)."""
+class ModelEntry(BaseModel):
+    """A resident segmentation model: the fields clients filter on, and its full card."""
 
     id: str
+    architecture: str = Field(description='Registry name: "segformer" or "unet".')
+    hook_points: list[str] = Field(description="Named sites whose activations SAEs read and edits replace.")
+    default_hook: str | None = None
+    training_cohorts: list[str] = Field(default_factory=list)
     device: str
-    card: dict[str, Any] = Field(description="The card JSON (architecture, hook point, metrics, ...).")
+    card: dict[str, Any] = Field(
+        description="The card JSON (config, input spec, Dice per cohort, sha256, ...)."
+    )
 
 
-class CatalogList(BaseModel):
-    items: list[CatalogEntry]
+class ModelList(BaseModel):
+    items: list[ModelEntry]
+
+
+class SaeEntry(BaseModel):
+    """A resident sparse autoencoder: which model and hook it reads, its size, and its full card."""
+
+    id: str
+    model_id: str | None = Field(description="The segmentation model whose activations it encodes.")
+    hook: str | None = Field(description="Hook point of that model.")
+    architecture: str | None = Field(default=None, description='"batchtopk", "topk" or "relu".')
+    d_in: int | None = None
+    d_sae: int | None = Field(default=None, description="Number of latents.")
+    k: int | None = None
+    device: str
+    card: dict[str, Any] = Field(description="The card JSON (cohorts, metrics, sha256, ...).")
+
+
+class SaeList(BaseModel):
+    items: list[SaeEntry]
 
 
 class ReportSummary(BaseModel):

@@ -12,10 +12,30 @@ from service.app import create_app
 
 def write_zoo(zoo: Path) -> None:
     for kind, item, card in (
-        ("models", "unet-adult", {"architecture": "unet", "hook_point": "bottleneck"}),
-        ("models", "segformer-adult", {"architecture": "segformer", "hook_point": "stage3"}),
+        (
+            "models",
+            "unet-adult",
+            {
+                "architecture": "unet",
+                "hook_points": ["bottleneck"],
+                "default_hook": "bottleneck",
+                "training": {"cohorts": ["adult"]},
+            },
+        ),
+        ("models", "segformer-adult", {"architecture": "segformer", "default_hook": "stage3"}),
         ("models", "broken", {"architecture": "unet"}),
-        ("saes", "unet-adult-bt", {"arch": "batchtopk", "d_sae": 512}),
+        (
+            "saes",
+            "unet-adult-bt",
+            {
+                "architecture": "batchtopk",
+                "d_sae": 512,
+                "model_id": "unet-adult",
+                "hook": "bottleneck",
+                "d_in": 256,
+                "k": 16,
+            },
+        ),
     ):
         (zoo / kind / item).mkdir(parents=True)
         (zoo / kind / item / "card.json").write_text(json.dumps(card))
@@ -56,14 +76,27 @@ def test_catalog_and_readiness_with_a_zoo(settings, pool_factory, admin_headers)
         }  # fmt: skip
         models = c.get("/v1/models").json()["items"]
         assert [m["id"] for m in models] == ["segformer-adult", "unet-adult"]
-        assert models[1] == {
-            "id": "unet-adult", "device": "cpu",
-            "card": {"architecture": "unet", "hook_point": "bottleneck", "id": "unet-adult"},
+        unet = models[1]
+        assert {k: unet[k] for k in ("id", "architecture", "hook_points", "default_hook", "training_cohorts")} == {
+            "id": "unet-adult", "architecture": "unet", "hook_points": ["bottleneck"],
+            "default_hook": "bottleneck", "training_cohorts": ["adult"],
         }  # fmt: skip
-        assert c.get("/v1/models/segformer-adult").json()["card"]["hook_point"] == "stage3"
+        assert unet["device"] == "cpu" and unet["card"]["id"] == "unet-adult"
+        assert c.get("/v1/models/segformer-adult").json()["default_hook"] == "stage3"
         assert c.get("/v1/models/broken").status_code == 404
         assert [s["id"] for s in c.get("/v1/saes").json()["items"]] == ["unet-adult-bt"]
-        assert c.get("/v1/saes/unet-adult-bt").json()["card"]["d_sae"] == 512
+        sae = c.get("/v1/saes/unet-adult-bt").json()
+        assert (sae["model_id"], sae["hook"], sae["d_in"], sae["d_sae"], sae["k"]) == (
+            "unet-adult",
+            "bottleneck",
+            256,
+            512,
+            16,
+        )
+        assert (
+            c.get("/v1/saes", params={"model_id": "unet-adult"}).json()["items"][0]["id"] == "unet-adult-bt"
+        )
+        assert c.get("/v1/saes", params={"model_id": "segformer-adult"}).json()["items"] == []
 
         reports = c.get("/v1/diff-reports").json()["items"]
         assert reports == [
