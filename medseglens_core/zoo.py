@@ -96,6 +96,16 @@ def data_split(zoo: Path, cohort: str, split: str) -> Path:
     return Path(zoo) / "data" / split / cohort
 
 
+def train_data_dir(zoo: str | Path) -> Path:
+    """The zoo's training cases, one sub-folder per cohort (what SAE training jobs read)."""
+    return Path(zoo) / "data" / "train"
+
+
+def test_data_dir(zoo: str | Path) -> Path:
+    """The zoo's held-out cases, one sub-folder per cohort (diff reports, recovery, latent cards)."""
+    return Path(zoo) / "data" / "test"
+
+
 def _say(progress: Progress | None, msg: str) -> None:
     if progress is not None:
         progress(msg)
@@ -199,7 +209,7 @@ def build_saes(zoo: Path, cfg: ZooConfig, progress: Progress | None = None) -> N
         _say(progress, f"sae: training {sae_id}")
         card = train_sae_for_model(
             model_dir=Path(zoo) / "models" / spec.model_id,
-            data_dir=Path(zoo) / "data" / "train",
+            data_dir=train_data_dir(zoo),
             cohorts=list(cfg.splits),
             hook=spec.sae_hook,
             arch="batchtopk",
@@ -224,7 +234,7 @@ def build_report(zoo: Path, cfg: ZooConfig, progress: Progress | None = None) ->
     if (out / "report.json").is_file():
         return
     _say(progress, "report: cross-cohort and cross-architecture diff")
-    build_diff_report(zoo, Path(zoo) / "data" / "test", out, source="adult")
+    build_diff_report(zoo, test_data_dir(zoo), out, source="adult")
 
 
 def build_zoo(

@@ -20,12 +20,15 @@ def diff(
     source: str | None = typer.Option(
         None, "--source", help="Reference cohort (default: the models' training cohort)."
     ),
-    max_cases: int = typer.Option(6, "--max-cases", min=2, help="Cases per cohort (first by folder name)."),
+    max_cases: int = typer.Option(10, "--max-cases", min=2, help="Cases per cohort (first by folder name)."),
     regions: str = typer.Option(
         "SNFH", "--regions", help="Comma-separated regions for attribution (NCR,SNFH,ET)."
     ),
     n_perm: int = typer.Option(
-        100, "--n-perm", min=1, help="Slice permutations for the cross-architecture null."
+        500, "--n-perm", min=1, help="Slice permutations for the cross-architecture null."
+    ),
+    max_slices: int = typer.Option(
+        24, "--max-slices", min=0, help="Brain slices per case, evenly spaced (0: all)."
     ),
 ) -> None:
     """Write the cross-dataset diff report (shared vs population-specific latents) of every model in ZOO."""
@@ -44,6 +47,7 @@ def diff(
         max_cases_per_cohort=max_cases,
         regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
         n_perm=n_perm,
+        max_slices_per_case=max_slices or None,
         progress=progress,
     )
     summary = {

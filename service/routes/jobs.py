@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 
+from medseglens_core.zoo import train_data_dir
 from service.auth import Principal
 from service.deps import ReadKey, ServerId, TrainKey
 from service.errors import ResourceNotFound, problem_responses, problem_statuses
@@ -102,8 +103,8 @@ def _check_zoo(
         if s not in pool.saes and not (zoo / "saes" / s / "card.json").is_file():
             raise ResourceNotFound(f"No SAE {s!r} in the zoo; list SAEs with GET /v1/saes.")
     for c in cohorts:
-        if not (zoo / "data" / c).is_dir():
-            raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/ folder.")
+        if not (train_data_dir(zoo) / c).is_dir():
+            raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/train/ folder.")
 
 
 def _check_volumes(request: Request, volume_ids: list[str]) -> None:

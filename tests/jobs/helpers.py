@@ -40,10 +40,10 @@ def require_redis() -> str:
 
 
 def make_zoo(root: Path) -> Path:
-    """``root/models/tiny/card.json`` and ``root/data/adult/`` (the fake trainer reads neither file)."""
+    """``root/models/tiny/card.json`` and ``root/data/train/adult/`` (the fake trainer reads neither file)."""
     (root / "models" / "tiny").mkdir(parents=True)
     (root / "models" / "tiny" / "card.json").write_text(json.dumps({"id": "tiny", "arch": "unet"}))
-    (root / "data" / "adult" / "train").mkdir(parents=True)
+    (root / "data" / "train" / "adult").mkdir(parents=True)
     (root / "saes").mkdir()
     return root
 

@@ -22,6 +22,7 @@ from service.jobs.tasks.stoppable import stopping_progress
 def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Build and publish the report; returns ``{"result_ref", "report_id"}``."""
     from medseglens_core.analysis.report import build_diff_report
+    from medseglens_core.zoo import test_data_dir
     from service.storage import new_id
 
     report_id = new_id()
@@ -30,7 +31,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         staging = fresh_dir(staging_root / "report")
         report = build_diff_report(
             ctx.zoo,
-            ctx.zoo / "data",
+            test_data_dir(ctx.zoo),
             staging,
             source=params.get("source"),
             max_cases_per_cohort=int(params.get("max_cases_per_cohort", 6)),

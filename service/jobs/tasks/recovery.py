@@ -26,6 +26,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery
     from medseglens_core.interventions.report import write_recovery
     from medseglens_core.interventions.zoo import cohort_cases, load_items, load_sae_for, source_cohort
+    from medseglens_core.zoo import test_data_dir
 
     model_id, target = params["model_id"], params["target"]
     net, card = ctx.resources.model(ctx.zoo / "models" / model_id, ctx.device)
@@ -33,7 +34,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     source = source_cohort(card)
     if source == target:
         raise InvalidInput(f"target {target!r} is the model's training cohort; pick another cohort")
-    data = ctx.zoo / "data"
+    data = test_data_dir(ctx.zoo)
     progress = stopping_progress(ctx)
     hook = sae_card.get("hook") or net.default_hook
     src = load_items(net, hook, cohort_cases(data, source), source, progress=progress)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medseglens_core.errors import InvalidInput
+from medseglens_core.zoo import train_data_dir
 from service.jobs.context import JobContext, JobStopped
 from service.jobs.states import JobKind
 from service.jobs.tasks.common import catalog_dir, fresh_dir, publish_dir, volumes_as_cases, write_json
@@ -53,9 +54,9 @@ def run(params: dict[str, Any], ctx: JobContext, *, trainer: Trainer | None = No
     staging = fresh_dir(saes / f".staging-{ctx.job_id}")
     try:
         if cohorts:
+            data_dir = train_data_dir(ctx.zoo)
             for c in cohorts:
-                catalog_dir(ctx.zoo / "data", c, "cohort")
-            data_dir = ctx.zoo / "data"
+                catalog_dir(data_dir, c, "cohort")
         else:
             data_dir = volumes_as_cases(ctx.data_dir, volume_ids, ctx.workdir / "cases" / "volumes").parent
             cohorts = ["volumes"]
