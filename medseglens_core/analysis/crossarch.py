@@ -2,16 +2,22 @@
 
 The two SAEs live in different activation spaces, so decoders cannot be compared. Instead both
 models see the same prepared slices; each latent's activation map is resampled to one common
-``grid x grid`` per slice (bilinear, antialiased), flattened over (slice, y, x), and latents are
-matched one-to-one (Hungarian) by the Pearson correlation of those maps.
+``grid x grid`` per slice (bilinear, antialiased) and compared only INSIDE THE BRAIN.
 
-Significance: a permutation null that shuffles the SLICE correspondence between the two
-models (the spatial layout within a slice is kept, so latents that merely share a position
-prior, e.g. "brain edge", do not look significant). Each permutation re-runs the full
-Hungarian matching; the max-statistic p-value of a pair is
-``(1 + #{perms whose best matched correlation >= r}) / (1 + n_perm)`` (family-wise control over
-all pairs). The shared-backbone fraction is the number of pairs with ``p < alpha`` over the
-number of live latents of the smaller SAE.
+Maps are centred per position before correlating: from each latent's map on each slice we
+subtract that latent's mean map over the slices (per grid position, brain positions only), then
+scale the residual to unit norm over all (slice, position) entries. What is left is where the
+latent fires MORE or LESS than it usually does at that position, e.g. on this slice's tumour;
+two latents that merely share a position prior (brain edge, centre bias) no longer correlate.
+Latents firing on fewer than ``min_slices`` slices are left out. Latents are matched one-to-one
+(Hungarian) by the Pearson correlation of the centred maps.
+
+Significance: a permutation null that shuffles the SLICE correspondence between the two models.
+For a matched pair ``(i, j)`` the null statistic of one permutation is the best correlation
+either latent reaches with ANY partner (``max(max_j' C(i, j'), max_i' C(i', j))``), so choosing
+the best partner out of hundreds is paid for; ``p = (1 + #{perms: null >= r}) / (1 + n_perm)``.
+Benjamini-Hochberg over the matched pairs gives ``q``. The shared-backbone fraction is the
+number of pairs with ``q < alpha`` over the live latents of the smaller SAE.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch.nn.functional as F
 
 from medseglens_core.analysis.casepass import load_if_path, prepare_for_analysis
 from medseglens_core.analysis.encode import REGION_NAMES, SAELike, encode_maps, region_fractions, region_mass
-from medseglens_core.analysis.stats import hungarian
+from medseglens_core.analysis.stats import benjamini_hochberg, hungarian
 from medseglens_core.errors import InvalidInput
 
 
@@ -38,6 +44,7 @@ class MatchedPair:
     p: float
     region_a: str
     region_b: str
+    q: float = 1.0  # Benjamini-Hochberg over the matched pairs
 
 
 @dataclass(frozen=True)
@@ -51,17 +58,38 @@ class CrossArchAlignment:
     n_perm: int
     alpha: float
     shared_fraction: float
-    null_max: float  # 95th percentile of the null's best matched correlation
+    null_max: float  # 95th percentile over pairs and permutations of the pair null statistic
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["n_significant"] = sum(p.p < self.alpha for p in self.pairs)
+        d["n_significant"] = sum(p.q < self.alpha for p in self.pairs)
         return d
 
 
-def _standardise(x: torch.Tensor) -> torch.Tensor:
-    x = x - x.mean(dim=1, keepdim=True)
-    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+def centre_maps(maps: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Per-position-centred, unit-norm latent maps: ``(S, d, g, g)`` -> ``(d, S, g*g)`` float32.
+
+    ``brain (S, g, g)`` bool: entries outside it are 0. Each latent's mean over slices at each
+    position (over the slices where that position is brain) is subtracted, then each latent is
+    scaled to unit norm (a latent with no residual stays all-zero).
+    """
+    s, d = maps.shape[:2]
+    m = brain.reshape(s, -1).float()  # (S, P)
+    x = maps.float().permute(1, 0, 2, 3).reshape(d, s, -1) * m  # (d, S, P)
+    mean_map = x.sum(dim=1, keepdim=True) / m.sum(dim=0).clamp(min=1)
+    r = (x - mean_map) * m
+    return r / r.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]
+
+
+def _alive(maps: torch.Tensor, brain: torch.Tensor, min_slices: int, cap: int | None) -> torch.Tensor:
+    """Latents firing inside the brain on >= ``min_slices`` slices; the ``cap`` most active."""
+    inside = maps.float() * brain[:, None].float()
+    on_slices = (inside.flatten(2).amax(dim=2) > 0).sum(dim=0)  # (d,)
+    alive = torch.nonzero(on_slices >= min_slices).flatten()
+    if cap is not None and len(alive) > cap:
+        total = inside.sum(dim=(0, 2, 3))[alive]
+        alive = alive[torch.argsort(-total, stable=True)[:cap]].sort().values
+    return alive
 
 
 def align_maps(
@@ -74,13 +102,15 @@ def align_maps(
     regions_a: list[str] | None = None,
     regions_b: list[str] | None = None,
     max_latents: int | None = 256,
+    brain: torch.Tensor | None = None,
+    min_slices: int = 3,
 ) -> CrossArchAlignment:
     """Hungarian matching of latent maps ``(S, d_a, g, g)`` vs ``(S, d_b, g, g)`` on the same slices.
 
-    Latents that never fire on these slices are left out (their correlation is undefined). Of the
-    live latents, at most ``max_latents`` per SAE with the largest total activation are matched
-    (None: all); each permutation costs a ``d_a x N x d_b`` product plus a Hungarian solve, so
-    this bounds the run time.
+    ``brain (S, g, g)`` bool: the common-grid brain mask (default: every position). Latents
+    firing in the brain on fewer than ``min_slices`` slices are left out; of the rest, at most
+    ``max_latents`` per SAE with the largest total activation are matched (None: all). Each
+    permutation costs one ``d_a x (S g g) x d_b`` product.
     ``regions_a/b``: optional dominant-region name per latent (length ``d_a`` / ``d_b``).
     """
     if maps_a.ndim != 4 or maps_b.ndim != 4 or maps_a.shape[0] != maps_b.shape[0]:
@@ -92,45 +122,43 @@ def align_maps(
     if n_perm < 1:
         raise InvalidInput(f"n_perm must be >= 1; got {n_perm}")
     s = maps_a.shape[0]
-    flat_a = maps_a.float().permute(1, 0, 2, 3).reshape(maps_a.shape[1], -1)
-    flat_b = maps_b.float().permute(1, 0, 2, 3).reshape(maps_b.shape[1], s, -1)
-    alive_a = torch.nonzero(flat_a.std(dim=1) > 0).flatten()
-    alive_b = torch.nonzero(flat_b.flatten(1).std(dim=1) > 0).flatten()
-    if max_latents is not None:
-        alive_a = alive_a[torch.argsort(-flat_a[alive_a].sum(dim=1), stable=True)[:max_latents]].sort().values
-        alive_b = (
-            alive_b[torch.argsort(-flat_b[alive_b].flatten(1).sum(dim=1), stable=True)[:max_latents]]
-            .sort()
-            .values
+    if brain is None:
+        brain = torch.ones(s, *maps_a.shape[-2:], dtype=torch.bool)
+    if tuple(brain.shape) != (s, *maps_a.shape[-2:]):
+        raise InvalidInput(
+            f"brain mask must be (S, g, g) = {(s, *maps_a.shape[-2:])}; got {tuple(brain.shape)}"
         )
+    alive_a = _alive(maps_a, brain, min_slices, max_latents)
+    alive_b = _alive(maps_b, brain, min_slices, max_latents)
     if len(alive_a) == 0 or len(alive_b) == 0:
         raise InvalidInput("no latent fires on these slices in one of the SAEs; use more or other slices")
-    a = _standardise(flat_a[alive_a])
-    b3 = flat_b[alive_b]
-    b = _standardise(b3.reshape(len(alive_b), -1))
-    match = hungarian((a @ b.T).numpy())
+    a = centre_maps(maps_a[:, alive_a], brain).flatten(1)  # (n_a, S*P)
+    b3 = centre_maps(maps_b[:, alive_b], brain)  # (n_b, S, P)
+    match = hungarian((a @ b3.flatten(1).T).numpy())
     g = torch.Generator().manual_seed(seed)
-    null_best = np.empty(n_perm)
-    b_std = b.reshape(len(alive_b), s, -1)
-    for i in range(n_perm):
-        perm = torch.randperm(s, generator=g)
-        null = (a @ b_std[:, perm].reshape(len(alive_b), -1).T).numpy()
-        null_best[i] = hungarian(null).score[0]
-    pairs = []
-    for r, c, corr in zip(match.rows, match.cols, match.score, strict=True):
-        ja, jb = int(alive_a[r]), int(alive_b[c])
-        p = (1 + int((null_best >= corr).sum())) / (1 + n_perm)
-        pairs.append(
-            MatchedPair(
-                ja,
-                jb,
-                float(corr),
-                float(p),
-                regions_a[ja] if regions_a else "",
-                regions_b[jb] if regions_b else "",
-            )
+    rows, cols = torch.as_tensor(match.rows), torch.as_tensor(match.cols)
+    hits = torch.zeros(len(rows))
+    null_stats = []
+    for _ in range(n_perm):
+        c = a @ b3[:, torch.randperm(s, generator=g)].flatten(1).T
+        stat = torch.maximum(c.amax(dim=1)[rows], c.amax(dim=0)[cols])
+        hits += (stat >= torch.as_tensor(match.score, dtype=stat.dtype) - 1e-6).float()
+        null_stats.append(stat)
+    p = ((1.0 + hits) / (1.0 + n_perm)).numpy()
+    q = benjamini_hochberg(p)
+    pairs = [
+        MatchedPair(
+            int(alive_a[r]),
+            int(alive_b[c]),
+            float(corr),
+            float(p[k]),
+            regions_a[int(alive_a[r])] if regions_a else "",
+            regions_b[int(alive_b[c])] if regions_b else "",
+            float(q[k]),
         )
-    n_sig = sum(p.p < alpha for p in pairs)
+        for k, (r, c, corr) in enumerate(zip(match.rows, match.cols, match.score, strict=True))
+    ]
+    n_sig = int((q < alpha).sum())
     return CrossArchAlignment(
         pairs=pairs,
         n_alive_a=len(alive_a),
@@ -139,7 +167,7 @@ def align_maps(
         n_perm=n_perm,
         alpha=alpha,
         shared_fraction=n_sig / min(len(alive_a), len(alive_b)),
-        null_max=float(np.quantile(null_best, 0.95)),
+        null_max=float(np.quantile(torch.stack(null_stats).numpy(), 0.95)),
     )
 
 
@@ -173,6 +201,7 @@ def crossarch_from_cases(
     grid: int = 24,
     max_slices: int = 96,
     n_perm: int = 200,
+    max_latents: int | None = 256,
     seed: int = 0,
     alpha: float = 0.05,
     progress: Callable[[dict], None] | None = None,
@@ -186,7 +215,7 @@ def crossarch_from_cases(
     if not cases:
         raise InvalidInput("cross-architecture alignment needs at least one case")
     per_case = max(1, max_slices // len(cases))
-    blocks_a, blocks_b, fracs = [], [], []
+    blocks_a, blocks_b, fracs, brains = [], [], [], []
     for item in cases:
         case = load_if_path(item)
         _, sl_a, brain_a, lab_a = prepare_for_analysis(case, size_a)
@@ -200,12 +229,15 @@ def crossarch_from_cases(
             lab_a[idx] if lab_a is not None else torch.zeros(len(idx), *brain_a.shape[1:], dtype=torch.uint8)
         )
         fracs.append(region_fractions(lab, brain_a[idx], (grid, grid)))
+        brains.append(F.adaptive_avg_pool2d(brain_a[idx].float()[:, None], (grid, grid))[:, 0] >= 0.5)
         if progress:
             progress({"stage": "crossarch", "case": case.case_id})
     maps_a, maps_b, frac = torch.cat(blocks_a), torch.cat(blocks_b), torch.cat(fracs)
     return align_maps(
         maps_a,
         maps_b,
+        brain=torch.cat(brains),
+        max_latents=max_latents,
         n_perm=n_perm,
         seed=seed,
         alpha=alpha,

@@ -5,11 +5,16 @@ Protocol (DESIGN.md section 6):
 1. Per CASE statistics (:func:`cohort_case_stats`): for every latent, its firing rate and mean
    activation over the case's brain tokens. Tokens of one scan are not independent, so every
    test below has one observation per case.
-2. :func:`compare_cohorts`: target cohort vs a reference (one cohort, several, or all others),
-   two-sided Mann-Whitney U per latent on the per-case values, Benjamini-Hochberg over latents,
-   and an effect-size threshold: ``|rank-biserial| >= min_rank_biserial`` AND
-   ``|log2(firing-rate ratio)| >= min_log2_ratio``. A latent passing all three is
-   population-specific (``direction`` "up": more in the target, "down": less).
+2. :func:`compare_cohorts`: target cohort vs a reference (one cohort, several, or all others).
+   Only latents whose firing rate pooled over ALL cases of both groups is at least
+   ``min_pooled_rate`` are tested (a label-blind filter, so it does not bias the null, and it
+   cuts the number of tests the FDR correction pays for). Per latent, a two-sided case-label
+   permutation test of the difference in mean ``log10(rate + log_eps)`` (default; exact when
+   the relabellings are few), or a Welch t-test on the same values, or Mann-Whitney U on the
+   raw values; Benjamini-Hochberg over the tested latents; and an effect-size threshold:
+   ``|rank-biserial| >= min_rank_biserial`` AND ``|log2(firing-rate ratio)| >= min_log2_ratio``.
+   A latent passing all three is population-specific (``direction`` "up": more in the target,
+   "down": less).
 3. Differential reliance: :func:`attribution` (activation x gradient of the region's logit
    through the SAE decoder and ``model.run_suffix``), averaged per case then over cases.
 4. Cross-cohort SAE alignment: :func:`align_saes` matches decoder rows one-to-one (Hungarian on
@@ -39,6 +44,8 @@ from medseglens_core.analysis.stats import (
     decoder_cosine,
     hungarian,
     log2_ratio,
+    permutation_test,
+    welch_test,
 )
 from medseglens_core.errors import InvalidInput, NotFound
 
@@ -116,6 +123,10 @@ class DiffCriteria:
     min_rank_biserial: float = 0.5  # |rank-biserial| of the case-level test
     min_log2_ratio: float = 1.0  # |log2 firing-rate ratio| (1.0 = two-fold)
     metric: str = "firing_rate"  # per-case value tested: firing_rate | mean_activation
+    test: str = "permutation"  # permutation | welch (both on log10(value + log_eps)) | mwu
+    min_pooled_rate: float = 3e-3  # test only latents firing on >= this fraction of pooled tokens
+    log_eps: float = 1e-3  # about one token of a case's ~1000 brain tokens
+    n_perm: int = 10000  # relabellings of the permutation test (exact when fewer exist)
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,7 @@ class LatentDiff:
     reference_rate: float
     direction: str  # "up" | "down" | "none"
     specific: bool
+    tested: bool = True  # False: below ``min_pooled_rate``, reported with p = q = 1
 
 
 def cohort_case_stats(
@@ -203,26 +215,51 @@ def _reference_values(
     )
 
 
+_TESTS = ("permutation", "welch", "mwu")
+
+
+def case_level_pvalues(tgt: np.ndarray, ref: np.ndarray, criteria: DiffCriteria) -> np.ndarray:
+    """``(d,)`` two-sided p of ``criteria.test`` on per-case values ``(n1, d)`` vs ``(n2, d)``."""
+    if criteria.test == "mwu":
+        return case_level_test(tgt, ref)[0]
+    lt, lr = np.log10(tgt + criteria.log_eps), np.log10(ref + criteria.log_eps)
+    if criteria.test == "welch":
+        return welch_test(lt, lr)
+    return permutation_test(lt, lr, n_perm=criteria.n_perm)
+
+
 def compare_cohorts(
     stats: CaseLatentStats,
     target: str,
     reference: str | Sequence[str] | None = None,
     criteria: DiffCriteria = DiffCriteria(),
 ) -> list[LatentDiff]:
-    """Every latent, target vs reference (default: all other cohorts pooled), sorted by (q, -|effect|)."""
+    """Every latent, target vs reference (default: all other cohorts pooled), sorted by (q, -|effect|).
+
+    Latents below ``criteria.min_pooled_rate`` (pooled over both groups' cases) are not tested:
+    they get ``p = q = 1``, ``tested = False`` and are never specific.
+    """
     if criteria.metric not in ("firing_rate", "mean_activation"):
         raise InvalidInput(f"metric must be firing_rate or mean_activation; got {criteria.metric!r}")
+    if criteria.test not in _TESTS:
+        raise InvalidInput(f"test must be one of {_TESTS}; got {criteria.test!r}")
     tgt = getattr(stats[target], criteria.metric)
     ref, ref_rate = _reference_values(stats, target, reference, criteria.metric)
-    p, effect = case_level_test(tgt, ref)
-    q = benjamini_hochberg(p)
     t_rate = stats[target].firing_rate.mean(axis=0)
     r_rate = ref_rate.mean(axis=0)
+    pooled = np.concatenate([stats[target].firing_rate, ref_rate]).mean(axis=0)
+    tested = pooled >= criteria.min_pooled_rate
+    p, q = np.ones(stats.d_sae), np.ones(stats.d_sae)
+    _, effect = case_level_test(tgt, ref)
+    if tested.any():
+        p[tested] = case_level_pvalues(tgt[:, tested], ref[:, tested], criteria)
+        q[tested] = benjamini_hochberg(p[tested])
     lr = log2_ratio(t_rate, r_rate)
     out = []
     for j in range(stats.d_sae):
         specific = bool(
-            q[j] < criteria.alpha
+            tested[j]
+            and q[j] < criteria.alpha
             and abs(effect[j]) >= criteria.min_rank_biserial
             and abs(lr[j]) >= criteria.min_log2_ratio
         )
@@ -238,6 +275,7 @@ def compare_cohorts(
                 float(r_rate[j]),
                 direction,
                 specific,
+                bool(tested[j]),
             )
         )
     out.sort(key=lambda d: (d.q, -abs(d.effect), d.latent))

@@ -105,6 +105,7 @@ def cohort_counts(
         specific[cohort] = [{**asdict(d), "region": _region_name(assoc[d.latent])} for d in spec]
         for row in specific[cohort]:
             row.pop("specific")
+            row.pop("tested")
     return counts, specific, volcano
 
 
@@ -194,15 +195,16 @@ def build_diff_report(
     out_dir: Path | str,
     *,
     source: str | None = None,
-    max_cases_per_cohort: int = 6,
+    max_cases_per_cohort: int = 10,
     criteria: DiffCriteria = DiffCriteria(),
     regions: tuple[str, ...] = ("SNFH",),
     min_rate: float = 1e-3,
-    crossarch_cases_per_cohort: int = 1,
-    n_perm: int = 50,
+    crossarch_cases_per_cohort: int = 2,
+    n_perm: int = 500,
     grid: int = 16,
-    max_slices_per_case: int | None = 8,
-    crossarch_slices: int = 48,
+    max_slices_per_case: int | None = 24,
+    crossarch_slices: int = 64,
+    crossarch_latents: int | None = 128,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Diff every model of ``zoo_dir`` that has an SAE over the cohorts under ``data_dir``.
@@ -236,7 +238,16 @@ def build_diff_report(
         loaded[entry.model_id] = (model, sae, section["hook"], input_size_of(model, entry.model_card))
         extras[entry.model_id] = volcano
     report["crossarch"] = _crossarch(
-        loaded, report, cases, crossarch_cases_per_cohort, n_perm, grid, criteria, crossarch_slices, progress
+        loaded,
+        report,
+        cases,
+        crossarch_cases_per_cohort,
+        n_perm,
+        grid,
+        criteria,
+        crossarch_slices,
+        crossarch_latents,
+        progress,
     )
     report["timing_s"] = round(time.perf_counter() - t0, 2)
     out = Path(out_dir)
@@ -249,7 +260,7 @@ def build_diff_report(
 
 
 def _crossarch(
-    loaded, report, cases, per_cohort, n_perm, grid, criteria, max_slices, progress
+    loaded, report, cases, per_cohort, n_perm, grid, criteria, max_slices, max_latents, progress
 ) -> list[dict[str, Any]]:
     ids = sorted(loaded)
     subset = [c for v in cases.values() for c in v[:per_cohort]]
@@ -272,6 +283,7 @@ def _crossarch(
                 grid=grid,
                 n_perm=n_perm,
                 max_slices=max_slices,
+                max_latents=max_latents,
                 alpha=criteria.alpha,
                 progress=progress,
             )
