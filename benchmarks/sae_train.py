@@ -12,7 +12,8 @@ at 1 torch thread and (if different) at torch's default thread count:
 
 On a shared machine the load changes from second to second, so each timed training iteration
 is paired with a matmul timed right before it, and each reported fraction is the median of the
-per-pair ratios (the medians of the two times are reported too).
+per-pair ratios (the medians of the two times are reported too). OpenMP waits passively
+(``OMP_WAIT_POLICY=PASSIVE`` unless set), as under ``medseglens train-sae``.
 
 FLOP accounting (identical for both trainers): ``3 * 2 * B * d_in * d_sae`` per step, the dense
 equivalent of the three GEMMs a step needs (encoder forward, encoder weight gradient, decoder).
@@ -37,8 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# libgomp's default busy-waiting stalls multi-threaded runs when another process holds a core
+# (measured here at 2 threads: 1.7 s -> 0.4 s per step). Set before torch loads, as the CLI
+# does (service/cli/__init__.py); a caller's own setting wins and is reported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -206,6 +212,7 @@ def main() -> None:
                     "cores": os.cpu_count(),
                     "default_threads": default_threads,
                     "load_average_1min": os.getloadavg()[0],
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     "torch": torch.__version__,
                     "device": "cpu",
                 },
