@@ -175,12 +175,9 @@ class ModelPool:
         sae_dirs = self._entries(self.zoo / "saes")
         if model_dirs or sae_dirs:
             self.device = resolve_device(self.device_spec)
-        device = self.device or "cpu"
-        model_loader = self._model_loader or partial(_default_model_loader, device=device)
-        sae_loader = self._sae_loader or partial(_default_sae_loader, device=device)
         for kind, dirs, loader, target in (
-            ("model", model_dirs, model_loader, self.models),
-            ("sae", sae_dirs, sae_loader, self.saes),
+            ("model", model_dirs, self._loader("model"), self.models),
+            ("sae", sae_dirs, self._loader("sae"), self.saes),
         ):
             for path in dirs:
                 self._load_one(kind, path, loader, target)
@@ -190,6 +187,24 @@ class ModelPool:
         log.info(
             "pool loaded", extra={"models": len(self.models), "saes": len(self.saes), "device": self.device}
         )
+
+    def _loader(self, kind: str) -> Loader:
+        """The configured loader of ``kind`` ("model" or "sae"), bound to the pool's device."""
+        device = self.device or "cpu"
+        if kind == "model":
+            return self._model_loader or partial(_default_model_loader, device=device)
+        return self._sae_loader or partial(_default_sae_loader, device=device)
+
+    def register_sae(self, name: str) -> bool:
+        """Make ``ZOO/saes/<name>`` resident (an SAE a training job just published); True when loaded."""
+        if name in self.saes:
+            return True
+        if self.device is None:  # started on an empty zoo: pick the device now
+            self.device = resolve_device(self.device_spec)
+        self._load_one("sae", self.zoo / "saes" / name, self._loader("sae"), self.saes)
+        if self.metrics is not None:
+            self.metrics.models_loaded.labels("sae").set(len(self.saes))
+        return name in self.saes
 
     def _load_one(self, kind: str, path: Path, loader: Loader, target: dict[str, Resident]) -> None:
         item_id = path.name

@@ -31,18 +31,7 @@ log = logging.getLogger("medseglens.jobs")
 
 def _register_sae(app: FastAPI, name: str) -> None:
     """Make a newly published ``ZOO/saes/<name>`` resident in the app's pool (so GET /v1/saes lists it)."""
-    pool = app.state.pool
-    if name in pool.saes:
-        return
-    register = getattr(pool, "register_sae", None)
-    if callable(register):
-        register(name)
-        return
-    if pool.device is None:  # the pool started on an empty zoo and never picked a device
-        from service.pool import resolve_device
-
-        pool.device = resolve_device(pool.device_spec)
-    pool._load_one("sae", pool.zoo / "saes" / name, pool._sae_loader, pool.saes)
+    app.state.pool.register_sae(name)
 
 
 def _build(app: FastAPI) -> JobService:

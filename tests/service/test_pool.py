@@ -98,3 +98,17 @@ def test_explicit_device_is_kept(spec):
 
 def test_auto_device_follows_cuda_availability():
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_register_sae_loads_a_published_sae_with_the_default_loader(tmp_path):
+    from medseglens_core.sae import SAEConfig, build_sae, save_sae
+
+    pool = ModelPool(tmp_path / "zoo", device="cpu")
+    pool.load()  # empty zoo: no device picked yet, default loaders
+    assert pool.saes == {}
+    save_sae(
+        build_sae(SAEConfig(d_in=8, d_sae=16, k=2)), tmp_path / "zoo" / "saes" / "new", {"model_id": "m"}
+    )
+    assert pool.register_sae("new") is True
+    assert pool.saes["new"].card["model_id"] == "m" and pool.saes["new"].obj.W_dec.shape == (16, 8)
+    assert pool.register_sae("missing") is False and "sae:missing" in pool.load_errors
