@@ -55,6 +55,7 @@ class CaseRow:
     mean_active: np.ndarray
     region_mass: np.ndarray
     attribution: dict[str, np.ndarray] = field(default_factory=dict)
+    region_tokens: np.ndarray | None = None  # (4,) token count per region (fractional), if labelled
 
 
 def region_label(region: str | int) -> int:
@@ -134,6 +135,7 @@ def analyse_slices(
     fire = torch.zeros(d_sae, dtype=torch.float64)
     act = torch.zeros(d_sae, dtype=torch.float64)
     mass = np.zeros((d_sae, 4)) if label_slices is not None else np.full((d_sae, 4), np.nan)
+    rtok = np.zeros(4)
     attr_sum = {lab: torch.zeros(d_sae, dtype=torch.float64) for lab in labels}
     px = dict.fromkeys(labels, 0)
     n_tok = 0
@@ -158,7 +160,9 @@ def analyse_slices(
         act += zb.sum(dim=0).double()
         if label_slices is not None:
             maps = from_tokens(z, len(idx), hh, ww)
-            mass += region_mass(maps, region_fractions(label_slices[idx], brain[idx], (hh, ww)), tmask)
+            fr = region_fractions(label_slices[idx], brain[idx], (hh, ww))
+            mass += region_mass(maps, fr, tmask)
+            rtok += (fr * tmask[:, None].float()).sum(dim=(0, 2, 3)).double().numpy()
     n = max(n_tok, 1)
     return CaseRow(
         case_id=case_id,
@@ -170,6 +174,7 @@ def analyse_slices(
         attribution={
             name: (attr_sum[lab] / max(px[lab], 1)).numpy() for name, lab in zip(regions, labels, strict=True)
         },
+        region_tokens=rtok if label_slices is not None else None,
     )
 
 

@@ -182,7 +182,9 @@ def common_grid_maps(sae: SAELike, h: torch.Tensor, grid: int = 24) -> torch.Ten
 
 
 def _dominant_regions(maps: torch.Tensor, fractions: torch.Tensor) -> list[str]:
+    """Per latent, the region with the highest mean activation per token (not total mass)."""
     mass = region_mass(maps, fractions, torch.ones(maps.shape[0], *maps.shape[-2:], dtype=torch.bool))
+    mass = mass / np.maximum(fractions.sum(dim=(0, 2, 3)).double().numpy(), 1e-12)
     names = [REGION_NAMES[int(k)] for k in mass.argmax(axis=1)]
     return [n if mass[j].sum() > 0 else "none" for j, n in enumerate(names)]
 

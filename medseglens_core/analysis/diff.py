@@ -61,6 +61,7 @@ class CohortStats:
     region_mass: np.ndarray  # (n, d, 4) healthy/NCR/SNFH/ET, NaN where unlabelled
     n_tokens: np.ndarray  # (n,)
     attribution: dict[str, np.ndarray] = field(default_factory=dict)  # region -> (n, d)
+    region_tokens: np.ndarray | None = None  # (n, 4) tokens per region, NaN where unlabelled
 
     @classmethod
     def from_rows(cls, rows: Sequence[CaseRow]) -> CohortStats:
@@ -75,6 +76,9 @@ class CohortStats:
             region_mass=np.stack([r.region_mass for r in rows]),
             n_tokens=np.array([r.n_tokens for r in rows]),
             attribution={k: np.stack([r.attribution[k] for r in rows]) for k in regions},
+            region_tokens=np.stack(
+                [r.region_tokens if r.region_tokens is not None else np.full(4, np.nan) for r in rows]
+            ),
         )
 
     @property
@@ -113,6 +117,24 @@ class CaseLatentStats:
         for c in self.cohorts.values():
             mass += np.nansum(c.region_mass, axis=0)
         return mass / np.maximum(mass.sum(axis=1, keepdims=True), 1e-12)
+
+    def region_enrichment(self) -> np.ndarray:
+        """``(d, 4)`` mean activation per token of each region (healthy/NCR/SNFH/ET), all cohorts.
+
+        Unlike :meth:`region_association` this does not favour healthy brain for being ~95% of
+        the tokens: a tumour latent has its largest value in a tumour region. Falls back to the
+        mass fractions when no cohort carries region token counts.
+        """
+        mass, tokens = np.zeros((self.d_sae, 4)), np.zeros(4)
+        for c in self.cohorts.values():
+            if c.region_tokens is None:
+                continue
+            ok = ~np.isnan(c.region_tokens).any(axis=1)
+            mass += np.nansum(c.region_mass[ok], axis=0)
+            tokens += c.region_tokens[ok].sum(axis=0)
+        if tokens.sum() == 0:
+            return self.region_association()
+        return mass / np.maximum(tokens, 1e-12)
 
 
 @dataclass(frozen=True)

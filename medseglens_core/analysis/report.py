@@ -76,10 +76,11 @@ def cohort_counts(
 ) -> tuple[dict[str, dict], dict[str, list], dict[str, tuple]]:
     """Per cohort: counts of shared / specific latents, the specific latents, and volcano data.
 
-    The volcano data per cohort is ``(effect (d,), q (d,), specific (d,) bool, reference)``.
+    The volcano data per cohort is ``(effect (d,), q (d,), specific (d,) bool, reference,
+    tested (d,) bool)``.
     """
     counts, specific, volcano = {}, {}, {}
-    assoc = stats.region_association()
+    assoc = stats.region_enrichment()
     for cohort in stats.cohorts:
         ref: str | list[str] = [c for c in stats.cohorts if c != source] if cohort == source else source
         if not ref:
@@ -93,6 +94,7 @@ def cohort_counts(
             np.array([d.q for d in by_latent]),
             np.array([d.specific for d in by_latent]),
             ref if isinstance(ref, str) else "others",
+            np.array([d.tested for d in by_latent]),
         )
         up = sum(d.direction == "up" for d in spec)
         counts[cohort] = {

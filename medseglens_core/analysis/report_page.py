@@ -31,30 +31,74 @@ def latent_slice(
     return np.asarray(case.image[3][:, :, z]), vol[:, :, z], z
 
 
-def _model_sections(mid: str, m: dict[str, Any], src: str, loaded: dict, cases: dict) -> list[Section]:
+_TEST_NAMES = {
+    "permutation": "case-label permutation test on log firing rate",
+    "welch": "Welch t-test on log firing rate",
+    "mwu": "Mann-Whitney U",
+}
+
+
+def _heatmap_columns(m: dict[str, Any], rates: np.ndarray, n: int = 60) -> np.ndarray:
+    """Population-specific latents first (strongest first), then the most cohort-variable live ones."""
+    cols: list[int] = []
+    for diffs in m["specific"].values():
+        for d in diffs[:15]:
+            if d["latent"] not in cols:
+                cols.append(d["latent"])
+    logr = np.log10(rates + 1e-4)
+    alive = np.flatnonzero(rates.max(axis=0) >= 1e-3)
+    for j in alive[np.argsort(-logr[:, alive].std(axis=0), kind="stable")]:
+        if len(cols) >= n:
+            break
+        if int(j) not in cols:
+            cols.append(int(j))
+    return np.array(cols[:n], dtype=int)
+
+
+def _example_maps(mid: str, m: dict, src: str, loaded: dict, cases: dict) -> list[Figure]:
+    """The strongest specific latent of each cohort, on a case of the cohort where it fires more."""
+    model, sae, hook, size = loaded[mid]
+    out = []
+    for c, diffs in m["specific"].items():
+        if c == src or not diffs:
+            continue
+        d = diffs[0]
+        shown = c if d["direction"] == "up" else src
+        case = cases[shown][0]
+        bg, ov, z = latent_slice(model, sae, hook, size, case, d["latent"])
+        out.append(
+            Figure(
+                overlay_png(bg, ov, f"{mid} latent {d['latent']} on {shown} (z={z})"),
+                f"latent {d['latent']}: {d['direction']} in {c} vs {src} (q={d['q']:.2g}, "
+                f"region {d['region']}); shown on {case.case_id}, axial z={z}, over T2-FLAIR",
+            )
+        )
+    return out
+
+
+def _model_sections(
+    mid: str, m: dict[str, Any], src: str, loaded: dict, cases: dict, test: str
+) -> list[Section]:
     cohorts = list(m["firing_rate"])
     rates = np.array([m["firing_rate"][c] for c in cohorts])
-    alive = np.flatnonzero(rates.max(axis=0) >= 1e-3)
-    order = alive[np.argsort(-rates[:, alive].std(axis=0))][:80]
+    order = _heatmap_columns(m, rates)
     figs = [
         Figure(
             heatmap_png(
-                rates[:, order],
+                np.log10(rates[:, order] + 1e-4),
                 cohorts,
                 [str(j) for j in order],
-                f"{mid}: firing rate per cohort (80 most variable live latents)",
+                f"{mid}: firing rate per cohort (specific latents first, then most variable)",
+                cbar_label="log10(firing rate + 1e-4)",
             )
         )
     ]
     rows = []
     for c, cnt in m["counts"].items():
-        rows.append([c, str(cnt["reference"]), cnt["shared"], cnt["specific_up"], cnt["specific_down"]])
+        ref = cnt["reference"] if isinstance(cnt["reference"], str) else "+".join(cnt["reference"])
+        rows.append([c, ref, cnt["shared"], cnt["specific_up"], cnt["specific_down"]])
     spec_rows = []
-    model, sae, hook, size = loaded[mid]
-    examples = []
     for c, diffs in m["specific"].items():
-        if c == src:
-            continue
         spec_rows += [
             [
                 c,
@@ -68,23 +112,15 @@ def _model_sections(mid: str, m: dict[str, Any], src: str, loaded: dict, cases: 
             ]
             for d in diffs[:10]
         ]
-        ups = [d for d in diffs if d["direction"] == "up"][:1]
-        for d in ups:
-            case = cases[c][0]
-            bg, ov, z = latent_slice(model, sae, hook, size, case, d["latent"])
-            examples.append(
-                Figure(
-                    overlay_png(bg, ov, f"{mid} latent {d['latent']} ({c}, z={z})"),
-                    f"latent {d['latent']} on {case.case_id}, axial z={z} (T2-FLAIR)",
-                )
-            )
+    examples = _example_maps(mid, m, src, loaded, cases)
     sec = Section(
         f"Model {mid} ({m['arch']}, SAE {m['sae_id']}, hook {m['hook']}, {m['n_alive']}/{m['d_sae']} live latents)",
         tables=[
             Table(
                 ["cohort", "reference", "shared", "specific up", "specific down"],
                 rows,
-                "Shared vs population-specific latents (case-level Mann-Whitney, BH, effect threshold)",
+                f"Shared vs population-specific latents ({_TEST_NAMES.get(test, test)} over cases, "
+                "Benjamini-Hochberg, effect-size thresholds)",
             )
         ],
         figures=figs,
@@ -133,25 +169,36 @@ def write_report_html(
         )
     ]
     for mid, m in report["models"].items():
-        sections += _model_sections(mid, m, src, loaded, cases)
+        sections += _model_sections(mid, m, src, loaded, cases, report["criteria"].get("test", "mwu"))
     if volcano:
         sections.append(_full_volcano(volcano, report["criteria"]["alpha"]))
     for x in report["crossarch"]:
         rows = [
-            [p["latent_a"], p["latent_b"], p["corr"], p["p"], p["region_a"], p["region_b"]]
+            [
+                p["latent_a"],
+                p["latent_b"],
+                p["corr"],
+                p["p"],
+                p.get("q", p["p"]),
+                p["region_a"],
+                p["region_b"],
+            ]
             for p in x["pairs"][:30]
         ]
         sections.append(
             Section(
                 f"Cross-architecture: {x['model_a']} vs {x['model_b']}",
                 [
-                    f"Shared-backbone fraction {x['shared_fraction']:.1%} ({x['n_significant']} pairs with max-statistic "
-                    f"p < {x['alpha']} over {x['n_perm']} slice permutations; {x['n_slices']} slices; null 95th percentile "
-                    f"of the best matched correlation {x['null_max']:.3f})."
+                    f"Shared-backbone fraction {x['shared_fraction']:.1%}: {x['n_significant']} of "
+                    f"{min(x['n_alive_a'], x['n_alive_b'])} matched pairs with BH q < {x['alpha']} "
+                    f"({x['n_alive_a']} and {x['n_alive_b']} live latents; {x['n_slices']} slices; maps "
+                    "centred per position inside the brain; p from "
+                    f"{x['n_perm']} slice permutations against the best partner either latent finds; "
+                    f"null 95th percentile {x['null_max']:.3f})."
                 ],
                 tables=[
                     Table(
-                        ["latent A", "latent B", "corr", "p", "region A", "region B"],
+                        ["latent A", "latent B", "corr", "p", "q", "region A", "region B"],
                         rows,
                         "Top matched pairs",
                     )
@@ -169,8 +216,15 @@ def write_report_html(
 def _full_volcano(volcano: dict[str, dict[str, tuple]], alpha: float) -> Section:
     figs = []
     for mid, per in volcano.items():
-        for c, (eff, q, spec, ref) in per.items():
+        for c, item in per.items():
+            eff, q, spec, ref = item[:4]
+            tested = item[4] if len(item) > 4 else np.ones(len(eff), dtype=bool)
+            idx = np.flatnonzero(tested)
             figs.append(
-                Figure(volcano_png(eff, q, spec, f"{mid}: {c} vs {ref}", alpha, list(range(len(eff)))))
+                Figure(volcano_png(eff[idx], q[idx], spec[idx], f"{mid}: {c} vs {ref}", alpha, idx.tolist()))
             )
-    return Section("Specificity (volcano)", ["Every latent; red = population-specific."], figures=figs)
+    return Section(
+        "Specificity (volcano)",
+        ["Every tested latent (pooled firing rate above the filter); red = population-specific."],
+        figures=figs,
+    )

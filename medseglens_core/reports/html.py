@@ -18,7 +18,8 @@ h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bott
 table{border-collapse:collapse;margin:.6em 0;font-size:.85em}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
-figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;color:#555}
+figure{display:inline-block;margin:.4em;vertical-align:top;max-width:100%}
+figure img{max-width:100%;height:auto}figcaption{font-size:.8em;color:#555;max-width:32em}
 p.note{color:#555;font-size:.9em}
 """
 

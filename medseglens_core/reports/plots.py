@@ -34,10 +34,10 @@ def heatmap_png(
 ) -> bytes:
     """Heatmap of ``matrix (rows, cols)``, e.g. cohort x latent firing rate."""
     m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(min(2 + 0.25 * m.shape[1], 16), 1 + 0.5 * m.shape[0]))
+    fig, ax = plt.subplots(figsize=(min(2 + 0.2 * m.shape[1], 13), 1.5 + 0.45 * m.shape[0]))
     im = ax.imshow(m, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(len(row_labels)), list(row_labels))
-    step = max(1, len(col_labels) // 40)
+    step = max(1, len(col_labels) // 60)
     ax.set_xticks(
         range(0, len(col_labels), step), [str(c) for c in col_labels][::step], rotation=90, fontsize=7
     )
@@ -64,13 +64,17 @@ def volcano_png(
     ax.scatter(effect[spec], y[spec], s=14, c="tab:red", label="population-specific")
     ax.axhline(-np.log10(alpha), ls="--", c="k", lw=0.8)
     if labels is not None:
-        for j in np.flatnonzero(spec)[:15]:
-            ax.annotate(str(labels[j]), (effect[j], y[j]), fontsize=7)
+        top = np.flatnonzero(spec)
+        for j in top[np.argsort(-y[top], kind="stable")][:8]:
+            ax.annotate(
+                str(labels[j]), (effect[j], y[j]), fontsize=7, xytext=(3, 2), textcoords="offset points"
+            )
     ax.set_xlabel("effect (rank-biserial, + = more in target)")
     ax.set_ylabel("-log10 q (BH)")
     ax.set_xlim(-1.05, 1.05)
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title, pad=22)
+    ax.set_ylim(bottom=0, top=max(float(y.max(initial=0)), -np.log10(alpha)) * 1.1 + 0.1)
+    ax.legend(fontsize=7, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 1.08), frameon=False)
     return to_png(fig)
 
 

@@ -48,3 +48,28 @@ def test_common_grid_maps_shape_and_nonnegative():
     h = torch.randn(3, 4, 6, 6)
     m = common_grid_maps(TinySAE(), h, grid=24)
     assert m.shape == (3, 8, 24, 24) and float(m.min()) >= 0.0
+
+
+def test_shared_position_prior_alone_is_not_significant():
+    """Latents that only share WHERE they usually fire (a centre bias) must not match."""
+    gen = torch.Generator().manual_seed(7)
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    prior = torch.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / 8.0)  # the same bump for everyone
+    a = torch.relu(prior * 2 + 0.3 * torch.randn(40, 6, 8, 8, generator=gen))
+    b = torch.relu(prior * 2 + 0.3 * torch.randn(40, 6, 8, 8, generator=gen))
+    res = align_maps(a, b, n_perm=100)
+    assert res.shared_fraction <= 1 / 6
+    # without centring, every pair would correlate strongly through the prior
+    raw = torch.corrcoef(torch.stack([a[:, 0].flatten(), b[:, 0].flatten()]))[0, 1]
+    assert raw > 0.5
+
+
+def test_brain_mask_restricts_the_correlation():
+    a = _sparse_maps(30, 4, 8, seed=8)
+    b = a.clone()
+    b[:, :, :, 4:] = _sparse_maps(30, 4, 8, seed=9)[:, :, :, 4:]  # right half unrelated
+    brain = torch.zeros(30, 8, 8, dtype=torch.bool)
+    brain[:, :, :4] = True  # only the left half is brain
+    res = align_maps(a, b, n_perm=50, brain=brain)
+    assert all(p.latent_a == p.latent_b and p.corr == pytest.approx(1.0, abs=1e-5) for p in res.pairs)
+    assert res.shared_fraction == 1.0
