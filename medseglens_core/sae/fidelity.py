@@ -72,7 +72,7 @@ def splice_fidelity(
     case_dirs: Sequence[str | Path],
     *,
     cohorts: Sequence[str | None] | None = None,
-    batch_size: int = 32,
+    batch_size: int = 16,
 ) -> dict[str, Any]:
     """Fidelity metrics (see module doc) over ``case_dirs``; model and SAE on the same device.
 
