@@ -90,7 +90,9 @@ def _paired(step, mm, reps: int) -> tuple[list[float], list[float]]:
 
 def _train_iteration(step_fn, d_sae: int, data: torch.Tensor):
     """One full training iteration (step, projection, fused Adam, renorm) per call."""
-    sae = build_sae(SAEConfig(d_in=D_IN, d_sae=d_sae, k=K, batch_size=BATCH, aux_k=256, dead_window=10**9))
+    sae = build_sae(
+        SAEConfig(d_in=D_IN, d_sae=d_sae, k=K, batch_size=BATCH, aux_k=256, liveness_window=10**9)
+    )
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
     dead = torch.zeros(d_sae, dtype=torch.bool)
     batches = data.split(BATCH)

@@ -42,7 +42,7 @@ class SAEConfig:
         l1_coeff: ReLU only: weight of the L1 penalty ``sum_j z_j * ||W_dec[j]||`` (mean over tokens).
         aux_k: TopK/BatchTopK: latents the aux-k loss may use among the dead ones, per token.
         aux_coeff: weight of the aux-k loss (reconstructing the residual with dead latents).
-        dead_window: a latent is dead when it has not fired in the last ``dead_window`` training tokens.
+        liveness_window: a latent is dead when it has not fired in the last ``liveness_window`` training tokens.
         lr: peak Adam learning rate (in the scaled space).
         warmup: linear LR warm-up, in steps.
         decay: LR schedule after warm-up: ``cosine``, ``linear`` (both to ``min_lr_frac * lr``) or ``none``.
@@ -62,7 +62,7 @@ class SAEConfig:
     l1_coeff: float = 1e-3
     aux_k: int = 256
     aux_coeff: float = 1.0 / 32.0
-    dead_window: int = 200_000
+    liveness_window: int = 200_000
     lr: float = 1e-3
     warmup: int = 50
     decay: str = "cosine"
@@ -83,8 +83,8 @@ class SAEConfig:
             raise InvalidSAEConfig(f"k={self.k} exceeds d_sae={self.d_sae}; lower k or raise the expansion")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InvalidSAEConfig(f"lr must be a positive finite number, got {self.lr}")
-        if min(self.l1_coeff, self.aux_coeff, self.aux_k, self.warmup, self.dead_window) < 0:
-            raise InvalidSAEConfig("l1_coeff, aux_coeff, aux_k, warmup and dead_window must be >= 0")
+        if min(self.l1_coeff, self.aux_coeff, self.aux_k, self.warmup, self.liveness_window) < 0:
+            raise InvalidSAEConfig("l1_coeff, aux_coeff, aux_k, warmup and liveness_window must be >= 0")
         if self.decay not in _DECAYS:
             raise InvalidSAEConfig(f"decay must be one of {_DECAYS}, got {self.decay!r}")
         if self.b_dec_init not in _B_DEC_INITS:

@@ -167,7 +167,7 @@ def train_sae(
         done += 1
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, total, cfg)
-        dead = since_fired >= cfg.dead_window
+        dead = since_fired >= cfg.liveness_window
         stats = step_fn(sae, batch.to(dev, non_blocking=True) * sae.scale, dead)
         sae.remove_parallel_grad_()
         opt.step()
@@ -196,7 +196,7 @@ def train_sae(
         train_steps=done,
         train_tokens=done * cfg.batch_size,
         train_seconds=seconds,
-        train_dead_fraction=float((since_fired >= cfg.dead_window).float().mean()),
+        train_dead_fraction=float((since_fired >= cfg.liveness_window).float().mean()),
         stopped=stopped,
         eval_on="held_out" if eval_shards is not None else "train_sample",
         device=str(dev),

@@ -19,7 +19,7 @@ def _cfg(**kw) -> SAEConfig:
         batch_size=256,
         lr=3e-3,
         warmup=20,
-        dead_window=5000,
+        liveness_window=5000,
         aux_k=16,
     )
     return SAEConfig(**{**base, **kw})
@@ -53,7 +53,7 @@ def test_aux_k_revives_dead_latents(planted_shards):
     shards, _ = planted_shards
     dead = {}
     for aux_coeff in (0.0, 1.0 / 32):
-        cfg = _cfg(arch="topk", aux_coeff=aux_coeff, aux_k=3, b_dec_init="zeros", dead_window=2048)
+        cfg = _cfg(arch="topk", aux_coeff=aux_coeff, aux_k=3, b_dec_init="zeros", liveness_window=2048)
         _, m = train_sae(cfg, shards, steps=600, buffer_tokens=16384, sae=_crippled(cfg))
         dead[aux_coeff] = m["train_dead_fraction"]
     assert dead[0.0] >= 0.45  # without aux-k the weak copies never win a top-k contest
