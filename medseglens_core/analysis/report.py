@@ -6,7 +6,8 @@ JSON schema (``schema_version`` 1; documented also in docs/diff-report.md)::
       "schema_version": 1,
       "created": "2026-01-01T00:00:00+00:00",     # UTC, ISO 8601
       "source_cohort": "adult",                   # reference cohort of the tests
-      "criteria": {"alpha", "min_rank_biserial", "min_log2_ratio", "metric", "min_rate"},
+      "criteria": {"alpha", "min_rank_biserial", "min_log2_ratio", "metric", "test",
+                   "min_pooled_rate", "log_eps", "n_perm", "min_rate"},
       "cohorts": {"<cohort>": {"n_cases": int, "case_ids": [str]}},
       "models": {
         "<model_id>": {
@@ -22,7 +23,7 @@ JSON schema (``schema_version`` 1; documented also in docs/diff-report.md)::
       },
       "crossarch": [{"model_a", "model_b", "shared_fraction", "n_significant", "n_alive_a",
                      "n_alive_b", "n_slices", "n_perm", "alpha", "null_max",
-                     "pairs": [{"latent_a", "latent_b", "corr", "p", "region_a", "region_b"}]}],
+                     "pairs": [{"latent_a", "latent_b", "corr", "p", "q", "region_a", "region_b"}]}],
       "timing_s": float
     }
 

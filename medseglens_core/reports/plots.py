@@ -65,16 +65,16 @@ def volcano_png(
     ax.axhline(-np.log10(alpha), ls="--", c="k", lw=0.8)
     if labels is not None:
         top = np.flatnonzero(spec)
-        for j in top[np.argsort(-y[top], kind="stable")][:8]:
+        for j in top[np.argsort(-y[top], kind="stable")][:5]:
             ax.annotate(
                 str(labels[j]), (effect[j], y[j]), fontsize=7, xytext=(3, 2), textcoords="offset points"
             )
     ax.set_xlabel("effect (rank-biserial, + = more in target)")
     ax.set_ylabel("-log10 q (BH)")
     ax.set_xlim(-1.05, 1.05)
-    ax.set_title(title, pad=22)
+    ax.set_title(title)
     ax.set_ylim(bottom=0, top=max(float(y.max(initial=0)), -np.log10(alpha)) * 1.1 + 0.1)
-    ax.legend(fontsize=7, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 1.08), frameon=False)
+    ax.legend(fontsize=7, loc="upper center", framealpha=0.8)  # a volcano leaves the top centre empty
     return to_png(fig)
 
 
