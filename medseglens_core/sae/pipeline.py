@@ -65,7 +65,7 @@ def train_sae_for_model(
     expansion: int,
     k: int,
     out: str | Path,
-    token_budget: int | None = 1_000_000,
+    token_budget: int | None = 2_000_000,
     seed: int = 0,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,

@@ -25,7 +25,9 @@ def train_sae_cmd(
     arch: Annotated[str, typer.Option(help="SAE architecture: batchtopk, topk or relu.")] = "batchtopk",
     expansion: Annotated[int, typer.Option(help="d_sae = expansion * d_in.")] = 8,
     k: Annotated[int, typer.Option(help="Active latents per token (mean for BatchTopK).")] = 32,
-    tokens: Annotated[int, typer.Option(help="Training token budget.")] = 1_000_000,
+    tokens: Annotated[
+        int, typer.Option(help="Training token budget (1M under-trains: held-out EV 0.85 vs 0.92 at 2M).")
+    ] = 2_000_000,
     steps: Annotated[int | None, typer.Option(help="Training steps (overrides --tokens).")] = None,
     background_keep: Annotated[float, typer.Option(help="Fraction of background tokens kept.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
