@@ -84,7 +84,7 @@ class ZooConfig:
         ZooModelSpec("unet-adult", "unet", {}, "bottleneck", 120.0),
     )
     sae_expansion: int = 4
-    sae_k: int = 16
+    sae_k: int = 32
     sae_tokens: int = 2_000_000
 
 
