@@ -85,7 +85,7 @@ class ZooConfig:
     )
     sae_expansion: int = 4
     sae_k: int = 32
-    sae_tokens: int = 2_000_000
+    sae_tokens: int = 4_000_000
 
 
 SPLIT_OFFSETS = {"train": 0, "val": 1000, "test": 2000}
