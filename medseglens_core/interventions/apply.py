@@ -147,10 +147,12 @@ def edit_codes(
     mask: np.ndarray | None = None,
     reference_stats: Mapping[str, Any] | None = None,
     case_shape: tuple[int, int, int] | None = None,
+    codes: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, list[EditSummary]]:
     """Encode the tokens any edit may touch and apply the edits in order.
 
-    ``active`` scopes test the code before any edit. Returns (token indices ``(n,)``, codes
+    ``active`` scopes test the code before any edit. ``codes`` ``(Z*h*w, d_sae)``: the
+    volume's precomputed codes (skips encoding). Returns (token indices ``(n,)``, codes
     ``z`` ``(n, d_sae)``, edited codes ``z'``, per-edit summaries).
     """
     case_shape = case_shape or tuple(cache.baseline_labels.shape)
@@ -167,10 +169,13 @@ def edit_codes(
         idx = np.arange(cache.n_tokens)
     else:
         idx = np.flatnonzero(np.logical_or.reduce(scopes))
-    tokens = cache.tokens()
-    sel_t = torch.from_numpy(idx).to(tokens.device)
-    with torch.no_grad():
-        z = sae.encode(tokens[sel_t].to(sae.W_dec.device, sae.W_dec.dtype))
+    if codes is not None:
+        z = codes[torch.from_numpy(idx).to(codes.device)]
+    else:
+        tokens = cache.tokens()
+        sel_t = torch.from_numpy(idx).to(tokens.device)
+        with torch.no_grad():
+            z = sae.encode(tokens[sel_t].to(sae.W_dec.device, sae.W_dec.dtype))
     z_new = z.clone()
     summaries = []
     for e, s in zip(spec.edits, scopes, strict=True):

@@ -2,116 +2,135 @@
 
 Definitions (all Dice values are fractions 0..1 of the ``region``, default the SNFH label):
 
-* **failure**: a target-cohort case whose region Dice under the unedited model is below
-  ``threshold`` (default 0.5).
+* **failure**: an EVALUATED target-cohort case whose region Dice under the unedited model is
+  below ``threshold`` (default 0.5). Blind protocols evaluate only the held-out cases, so their
+  ``n_failures`` counts failures among those (calibration cases are never counted).
 * **recovered**: a failure whose region Dice under the protocol's edit is >= ``threshold``.
-* ``recovered_fraction`` = recovered / failures among the evaluated target cases;
-  ``dice_before`` / ``dice_after``: means over those failures.
-* ``source_dice_change``: mean region-Dice change on the source cohort's labelled cases under
-  the protocol's spec. For ``oracle`` (one spec per failure) it is the mean, over the failure
-  specs, of each spec's mean change on all source cases -- what a user would pay on the
-  training population by applying one of those per-case repairs blindly.
+* ``recovered_fraction`` = recovered / failures; ``dice_before`` / ``dice_after``: means over
+  the failures.
+* ``source_dice_change``: mean region-Dice change on ALL labelled source-cohort cases under the
+  protocol's spec (``source_dice_change_heldout``: on the source cases not used to calibrate).
+  For ``oracle`` (one spec per failure) it is the mean, over the failure specs, of each spec's
+  mean change on the source cases.
+
+Candidates (:func:`~medseglens_core.interventions.search.rank_candidates`) are the latents the
+model relies on for the region in the source cohort (attribution from predictions, no label).
+The candidate specs are multi-latent families over the top ``m`` of them
+(:func:`~medseglens_core.interventions.search.spec_families`) plus, where labels are allowed,
+an additive steering direction fitted in latent space
+(:mod:`~medseglens_core.interventions.steer`).
 
 Protocols:
 
-* ``oracle`` (the paper's): for each failure, greedy search (up to ``max_edits_oracle`` edits)
-  over the candidate pool, keeping the spec with the best ground-truth Dice of that case.
-  Evaluated on every target case.
-* ``blind``: ONE spec per (model, target cohort), learned by greedy search on a calibration
-  split -- the first ``calib_n`` target cases (sorted by id) with labels, plus the first half of
-  the source cases to penalise harm -- maximising mean calibration Dice minus
-  ``source_penalty`` x the source Dice loss; applied unchanged to the remaining target cases.
-* ``blind-unlabelled``: no label anywhere. For the top candidates, scale the latent inside the
-  predicted tumour's dilated neighbourhood by the ratio of the source to the target cohort's
-  mean neighbourhood activation (calibration target cases, predictions only), so the target's
-  statistics match the source's; applied unchanged to the remaining target cases.
-
-Candidates come from :func:`~medseglens_core.interventions.search.rank_candidates` (reliance in
-the source cohort x activation lost in the target), computed from predictions, never labels.
+* ``oracle`` (the paper's): per failure, the best spec by that case's ground-truth Dice.
+* ``blind``: ONE spec per (model, target cohort), chosen on a calibration split -- the first
+  ``calib_n`` (<= 5) target cases by id, with labels, and the first half of the source cases --
+  as the best mean calibration Dice among specs whose mean source-calibration Dice change is
+  >= ``-source_tolerance``; applied unchanged to the remaining target cases.
+* ``blind-unlabelled``: no label anywhere. Among the self-localising ``clamp-active`` specs,
+  the one whose predicted region-to-core volume ratio on the calibration target cases comes
+  closest to the source cohort's (from predictions), among those that keep the source
+  predictions' region Dice vs the unedited prediction >= ``1 - source_tolerance * 5``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from medseglens_core.errors import InvalidInput
+from medseglens_core.interventions.batch import SliceScorer, score_specs
 from medseglens_core.interventions.search import (
-    Ranking,
+    FamilyGrid,
     VolumeItem,
-    edit_pool,
-    edited_labels,
-    greedy,
     profile,
     rank_candidates,
-    region_dice,
+    spec_families,
 )
-from medseglens_core.interventions.spec import Edit, InterventionSpec
+from medseglens_core.interventions.spec import InterventionSpec
+from medseglens_core.interventions.steer import fit_steering, pack, select_latents, steering_spec
 
 Protocol = Literal["oracle", "blind", "blind-unlabelled"]
 PROTOCOLS: tuple[str, ...] = ("oracle", "blind", "blind-unlabelled")
+Named = list[tuple[str, InterventionSpec]]
 
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    """Search settings (defaults are those reported).
+    """Search settings (defaults are those reported in docs/recovery.md).
 
     Attributes:
         region: region scored (WT, TC, ET, NCR, SNFH); default SNFH, the paper's oedema.
         threshold: failure / recovery Dice threshold (fraction).
-        n_candidates: candidate latents searched.
-        dilation: voxels by which the predicted WT is dilated for the neighbourhood scope.
+        n_candidates: candidate latents ranked (the families use the top 5..40).
+        dilation: voxels by which the predicted WT is dilated for the profile neighbourhood.
         calib_n: labelled target cases in the blind calibration split (<= 5).
-        max_edits_oracle / max_edits_blind: greedy search depth.
-        source_penalty: blind objective weight on the mean source Dice loss.
-        scales / adds: strengths searched (``adds`` in units of the source's mean active code).
-        unlabelled_latents: latents matched by blind-unlabelled; unlabelled_max_scale caps its factor.
+        grid: the spec families searched.
+        screen_stride: candidates are screened on every ``screen_stride``-th slice, then the
+            best ``confirm_top`` are scored exactly.
+        source_tolerance: blind: the largest mean source-calibration Dice loss accepted.
+        steer: also fit additive steering directions (oracle per failure, blind on calibration).
+        steer_latents / steer_steps / steer_lr: the fit (see :func:`steer.fit_steering`).
+        steer_alphas / steer_dilations: strengths and TC dilations tried for a fitted direction.
     """
 
     region: str = "SNFH"
     threshold: float = 0.5
-    n_candidates: int = 6
+    n_candidates: int = 40
     dilation: int = 3
     calib_n: int = 5
-    max_edits_oracle: int = 2
-    max_edits_blind: int = 3
-    source_penalty: float = 5.0
-    scales: tuple[float, ...] = (2.0, 4.0, 8.0)
-    adds: tuple[float, ...] = (0.5, 1.0, 2.0)
-    unlabelled_latents: int = 4
-    unlabelled_max_scale: float = 8.0
+    grid: FamilyGrid = field(default_factory=FamilyGrid)
+    screen_stride: int = 4
+    confirm_top: int = 3
+    source_tolerance: float = 0.004
+    steer: bool = True
+    steer_latents: int = 32
+    steer_steps: int = 12
+    steer_lr: float = 0.05
+    steer_alphas: tuple[float, ...] = (0.5, 1.0, 1.5)
+    steer_dilations: tuple[int, ...] = (4, 6)
 
 
 Progress = Callable[[dict[str, Any]], None] | None
 
 
-class _Evaluator:
-    """Dice of the region on items under specs, with the unedited Dice cached."""
+class _Scores:
+    """Region Dice of items under specs; exact (stride 1) and screening scorers cached per item."""
 
-    def __init__(self, sae, region: str, reference_stats: dict[str, np.ndarray]) -> None:
-        self.sae, self.region, self.stats = sae, region, reference_stats
-        self._base: dict[str, float] = {}
+    def __init__(self, sae, region: str, stride: int) -> None:
+        self.sae, self.region, self.stride = sae, region, stride
+        self._sc: dict[tuple[str, int, bool], SliceScorer] = {}
         self.evals = 0
 
+    def scorer(self, item: VolumeItem, stride: int = 1, own: bool = False) -> SliceScorer:
+        """``own``: score against the unedited prediction instead of the label (label-free)."""
+        key = (item.case_id, stride, own)
+        if key not in self._sc:
+            label = item.cache.baseline_labels if own else item.label
+            self._sc[key] = SliceScorer(item.cache, label, self.region, stride)
+        return self._sc[key]
+
     def base(self, item: VolumeItem) -> float:
-        if item.case_id not in self._base:
-            self._base[item.case_id] = region_dice(item, item.cache.baseline_labels, self.region)
-        return self._base[item.case_id]
+        return self.scorer(item).base
 
-    def dice(self, item: VolumeItem, spec: InterventionSpec) -> float:
-        if not spec.edits:
-            return self.base(item)
-        self.evals += 1
-        return region_dice(item, edited_labels(item, self.sae, spec, self.stats), self.region)
+    def many(
+        self, item: VolumeItem, specs: Sequence[InterventionSpec], *, screen=False, own=False, volumes=False
+    ):
+        self.evals += len(specs)
+        sc = self.scorer(item, self.stride if screen else 1, own)
+        return np.array(score_specs(item.cache, sc, self.sae, specs, volumes=volumes))
 
-    def mean_change(self, items: Sequence[VolumeItem], spec: InterventionSpec) -> float:
-        if not items or not spec.edits:
-            return 0.0
-        return float(np.mean([self.dice(i, spec) - self.base(i) for i in items]))
+    def change(
+        self, items: Sequence[VolumeItem], specs: Sequence[InterventionSpec], screen=False
+    ) -> np.ndarray:
+        """``(len(specs),)`` mean Dice change over ``items`` (zeros when there are none)."""
+        if not items:
+            return np.zeros(len(specs))
+        return np.mean([self.many(i, specs, screen=screen) - self.base(i) for i in items], axis=0)
 
 
 def run_recovery(
@@ -124,13 +143,21 @@ def run_recovery(
     source: str,
     target: str,
     config: RecoveryConfig = RecoveryConfig(),
+    harm_items: Sequence[VolumeItem] | None = None,
     progress: Progress = None,
 ) -> dict[str, Any]:
-    """Run one protocol and return the ``recovery.json`` document (see module docstring)."""
+    """Run one protocol and return the ``recovery.json`` document (see module docstring).
+
+    ``harm_items``: labelled source-cohort cases, disjoint from ``source_items``, on which the
+    blind protocols check harm (e.g. the zoo's validation split); default: the first half of
+    ``source_items``. ``source_dice_change`` is always measured on all of ``source_items``.
+    """
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     if not source_items or not target_items:
         raise InvalidInput("recovery needs at least one source and one target case")
+    if not 1 <= config.calib_n <= 5:
+        raise InvalidInput(f"calib_n must be 1..5 labelled calibration cases, got {config.calib_n}")
     t0 = time.perf_counter()
     cfg = config
     src = sorted(source_items, key=lambda i: i.case_id)
@@ -143,36 +170,45 @@ def run_recovery(
                 f"{protocol} needs more than {cfg.calib_n} target cases (calibration + held-out); got {len(tgt)}"
             )
         calib_t, evaluate = tgt[: cfg.calib_n], tgt[cfg.calib_n :]
-        calib_s = src[: max(1, len(src) // 2)]
-    if protocol != "blind-unlabelled" and any(i.label is None for i in [*evaluate, *calib_t]):
+        calib_s = sorted(harm_items, key=lambda i: i.case_id) if harm_items else src[: max(1, len(src) // 2)]
+    if any(i.label is None for i in evaluate) or (
+        protocol == "blind" and any(i.label is None for i in calib_t)
+    ):
         raise InvalidInput(
-            f"protocol {protocol} needs labelled target cases; some {target} case has no label"
+            f"protocol {protocol} needs labelled target cases to score; some {target} case has none"
         )
-    _emit(progress, stage="profiles", n=len(src) + len(tgt))
-    profiles_s = [profile(i, sae, cfg.region, cfg.dilation) for i in src]
-    profiles_t = [profile(i, sae, cfg.region, cfg.dilation) for i in (calib_t or tgt)]
-    ranking = rank_candidates(profiles_s, profiles_t, cfg.n_candidates)
-    ev = _Evaluator(sae, cfg.region, {source: ranking.source_mean_active})
     labelled_src = [i for i in src if i.label is not None]
+    _emit(progress, stage="profiles", n=len(src) + len(calib_t or tgt))
+    ranking = rank_candidates(
+        [profile(i, sae, cfg.region, cfg.dilation) for i in src],
+        [profile(i, sae, cfg.region, cfg.dilation) for i in (calib_t or tgt)],
+        cfg.n_candidates,
+    )
+    families = spec_families(ranking, cfg.grid)
+    ev = _Scores(sae, cfg.region, cfg.screen_stride)
+    chosen: str | None = None
     if protocol == "oracle":
-        rows, specs = _oracle(ev, ranking, evaluate, cfg, source, progress)
-        changes = [ev.mean_change(labelled_src, s) for s in specs]
-        src_change = float(np.mean(changes)) if changes else 0.0
-        spec_out: Any = None
+        rows, specs = _oracle(ev, families, evaluate, cfg, progress)
+        changes = _oracle_source_change(ev, labelled_src, specs)
+        src_change, src_heldout, spec_out = changes, changes, None
     else:
         if protocol == "blind":
-            spec = _blind_spec(
-                ev, ranking, calib_t, [i for i in calib_s if i.label is not None], cfg, source, progress
+            chosen, spec = _blind(
+                ev, families, calib_t, [i for i in calib_s if i.label is not None], cfg, progress
             )
         else:
-            spec = _unlabelled_spec(ranking, cfg)
-        rows = [_row(ev, item, spec, cfg) for item in evaluate]
-        src_change = ev.mean_change(labelled_src, spec)
+            chosen, spec = _unlabelled(ev, families, calib_t, calib_s, src, cfg)
+        after = _dice_after(ev, evaluate, spec)
+        rows = [_row(ev, item, spec, a, cfg) for item, a in zip(evaluate, after, strict=True)]
+        src_change = float(ev.change(labelled_src, [spec])[0]) if spec.edits else 0.0
+        held = [i for i in labelled_src if i not in calib_s]
+        src_heldout = float(ev.change(held, [spec])[0]) if spec.edits and held else src_change
         spec_out = spec.model_dump()
-    return _document(
-        protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out,
-        calib_t, calib_s, labelled_src, ev.evals, time.perf_counter() - t0,
-    )  # fmt: skip
+    doc = _document(protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out, calib_t, calib_s,
+                    labelled_src, ev.evals, time.perf_counter() - t0)  # fmt: skip
+    doc["source_dice_change_heldout"] = src_heldout
+    doc["chosen_family"] = chosen
+    return doc
 
 
 def _emit(progress: Progress, **info: Any) -> None:
@@ -180,10 +216,13 @@ def _emit(progress: Progress, **info: Any) -> None:
         progress(info)
 
 
-def _row(ev: _Evaluator, item: VolumeItem, spec: InterventionSpec, cfg: RecoveryConfig) -> dict[str, Any]:
+def _dice_after(ev: _Scores, items: Sequence[VolumeItem], spec: InterventionSpec) -> list[float]:
+    return [float(ev.many(i, [spec])[0]) if spec.edits else ev.base(i) for i in items]
+
+
+def _row(ev: _Scores, item: VolumeItem, spec: InterventionSpec, after: float, cfg: RecoveryConfig) -> dict:
     before = ev.base(item)
     failure = before < cfg.threshold
-    after = ev.dice(item, spec) if spec.edits else before
     return {
         "case_id": item.case_id,
         "dice_before": before,
@@ -194,61 +233,113 @@ def _row(ev: _Evaluator, item: VolumeItem, spec: InterventionSpec, cfg: Recovery
     }
 
 
-def _oracle(ev, ranking: Ranking, items, cfg: RecoveryConfig, source: str, progress: Progress):
-    pool = edit_pool(
-        ranking, dilation=cfg.dilation, scales=cfg.scales, adds=cfg.adds, reference_cohort=source
-    )
+def _best_exact(ev: _Scores, item: VolumeItem, named: Named, top: int) -> tuple[str, InterventionSpec, float]:
+    """Screen ``named`` on ``item``, score the best ``top`` exactly, return the best one."""
+    screened = ev.many(item, [s for _, s in named], screen=True)
+    keep = [named[i] for i in np.argsort(-screened, kind="stable")[:top]]
+    exact = ev.many(item, [s for _, s in keep])
+    b = int(np.argmax(exact))
+    return keep[b][0], keep[b][1], float(exact[b])
+
+
+def _steer_candidates(ev: _Scores, packs_from: Sequence[VolumeItem], weights: Sequence[float], ranking_free: bool,
+                      cfg: RecoveryConfig) -> Named:  # fmt: skip
+    """Additive steering specs fitted on the labelled ``packs_from`` (model-grid labels)."""
+    model = packs_from[0].cache.model
+    packs = []
+    for item, w in zip(packs_from, weights, strict=True):
+        labels = getattr(item.cache.prepared, "labels", None)
+        p = (
+            pack(item.cache, labels, dilation=max(cfg.steer_dilations), weight=w)
+            if labels is not None
+            else None
+        )
+        if p is not None:
+            packs.append(p)
+    if not packs or not any(w > 0 for w in weights):
+        return []
+    latents = select_latents(model, ev.sae, packs, cfg.steer_latents)
+    coeffs = fit_steering(model, ev.sae, packs, latents, steps=cfg.steer_steps, lr=cfg.steer_lr)
+    return [
+        (f"steer-add TC+{d} m={len(latents)} a={a}", steering_spec(latents, coeffs, a, dilation=d))
+        for a in cfg.steer_alphas
+        for d in cfg.steer_dilations
+    ]
+
+
+def _oracle(ev: _Scores, families: Named, items, cfg: RecoveryConfig, progress: Progress):
     rows, specs = [], []
     for n, item in enumerate(items):
         if ev.base(item) >= cfg.threshold:
-            rows.append(_row(ev, item, InterventionSpec(), cfg))
+            rows.append(_row(ev, item, InterventionSpec(), ev.base(item), cfg))
             continue
-        spec, _, _ = greedy(pool, lambda s, it=item: ev.dice(it, s), max_edits=cfg.max_edits_oracle)
-        rows.append(_row(ev, item, spec, cfg))
+        _, spec, best = _best_exact(ev, item, families, cfg.confirm_top)
+        if best < cfg.threshold and cfg.steer:
+            steer = _steer_candidates(ev, [item], [1.0], False, cfg)
+            if steer:
+                _, s2, b2 = _best_exact(ev, item, steer, cfg.confirm_top)
+                spec, best = (s2, b2) if b2 > best else (spec, best)
+        if best <= ev.base(item):
+            spec, best = InterventionSpec(), ev.base(item)
+        rows.append(_row(ev, item, spec, best, cfg))
         specs.append(spec)
-        _emit(progress, stage="oracle", case=n + 1, of=len(items), dice=rows[-1]["dice_after"])
+        _emit(progress, stage="oracle", case=n + 1, of=len(items), dice=round(best, 4))
     return rows, specs
 
 
-def _blind_spec(ev, ranking, calib_t, calib_s, cfg: RecoveryConfig, source: str, progress: Progress):
-    pool = edit_pool(
-        ranking, dilation=cfg.dilation, scales=cfg.scales, adds=cfg.adds,
-        scopes=("predicted_region",), reference_cohort=source,
-    )  # fmt: skip
-    best_target = [-1.0]
-
-    def objective(spec: InterventionSpec) -> float:
-        gain = float(np.mean([ev.dice(i, spec) for i in calib_t]))
-        if gain <= best_target[0] - 1e-9 and spec.edits:
-            return gain - 1.0  # cannot win: the source penalty is never positive
-        value = gain + cfg.source_penalty * min(0.0, ev.mean_change(calib_s, spec))
-        best_target[0] = max(best_target[0], value)
-        return value
-
-    spec, value, evals = greedy(pool, objective, max_edits=cfg.max_edits_blind)
-    _emit(progress, stage="blind", objective=value, evals=evals, edits=len(spec.edits))
-    return spec
+def _oracle_source_change(ev: _Scores, src: Sequence[VolumeItem], specs: Sequence[InterventionSpec]) -> float:
+    real = [s for s in specs if s.edits]
+    if not real or not src:
+        return 0.0
+    return float(np.sum(ev.change(src, real)) / len(specs))
 
 
-def _unlabelled_spec(ranking: Ranking, cfg: RecoveryConfig) -> InterventionSpec:
-    edits = []
-    for j, ms, mt in zip(ranking.latents, ranking.source_mean, ranking.target_mean, strict=True):
-        if len(edits) >= cfg.unlabelled_latents:
-            break
-        if mt <= 0 or ms <= mt * 1.05:
-            continue
-        factor = float(min(ms / mt, cfg.unlabelled_max_scale))
-        edits.append(
-            Edit(
-                latent=j,
-                op="scale",
-                value=round(factor, 4),
-                scope="predicted_region",
-                region="WT",
-                dilation=cfg.dilation,
-            )
+def _blind(ev: _Scores, families: Named, calib_t, calib_s, cfg: RecoveryConfig, progress: Progress):
+    """The best feasible spec on the calibration split: (family name, spec)."""
+    named = list(families)
+    if cfg.steer:
+        named += _steer_candidates(
+            ev, [*calib_t, *calib_s], [1.0] * len(calib_t) + [1.0] * len(calib_s), False, cfg
         )
-    return InterventionSpec(edits=edits)
+    specs = [s for _, s in named]
+    gain = np.mean([ev.many(i, specs, screen=True) for i in calib_t], axis=0)
+    harm = ev.change(calib_s, specs, screen=True)
+    order = [i for i in np.argsort(-gain, kind="stable") if harm[i] >= -cfg.source_tolerance]
+    keep = [named[i] for i in order[: 2 * cfg.confirm_top]]
+    if not keep:
+        return None, InterventionSpec()
+    specs = [s for _, s in keep]
+    gain = np.mean([ev.many(i, specs) for i in calib_t], axis=0)
+    harm = ev.change(calib_s, specs)
+    ok = [i for i in np.argsort(-gain, kind="stable") if harm[i] >= -cfg.source_tolerance]
+    base = float(np.mean([ev.base(i) for i in calib_t]))
+    if not ok or gain[ok[0]] <= base:
+        return None, InterventionSpec()
+    _emit(progress, stage="blind", chosen=keep[ok[0]][0], calib_dice=round(float(gain[ok[0]]), 4))
+    return keep[ok[0]][0], keep[ok[0]][1]
+
+
+def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig):
+    """Label-free choice: match the source's predicted region/TC volume ratio on the target."""
+    from medseglens_core.interventions.apply import region_mask
+
+    named = [(n, s) for n, s in families if n.startswith("clamp-active")]
+    specs = [s for _, s in named]
+
+    def ratio(item: VolumeItem, volumes: np.ndarray) -> np.ndarray:
+        core = float(region_mask(item.cache.baseline_labels, "TC").sum())
+        return volumes / max(core, 1.0)
+
+    src_ratio = float(np.mean([ratio(i, ev.scorer(i, own=True).pred.sum()) for i in src]))
+    tgt_ratio = np.mean(
+        [ratio(i, ev.many(i, specs, screen=False, own=True, volumes=True)) for i in calib_t], axis=0
+    )
+    keep = np.mean([ev.many(i, specs, own=True) for i in calib_s], axis=0)
+    ok = [i for i in range(len(specs)) if keep[i] >= 1.0 - 5 * cfg.source_tolerance]
+    if not ok:
+        return None, InterventionSpec()
+    best = min(ok, key=lambda i: abs(np.log(max(tgt_ratio[i], 1e-6) / max(src_ratio, 1e-6))))
+    return named[best][0], named[best][1]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -262,15 +353,17 @@ def _document(
     fails = [r for r in rows if r["failure"]]
     n_rec = sum(r["recovered"] for r in fails)
     notes = {
-        "failure": f"target case with {cfg.region} Dice < {cfg.threshold} under the unedited model",
+        "failure": f"evaluated target case with {cfg.region} Dice < {cfg.threshold} under the unedited model",
+        "n_failures": "counted over the evaluated cases only (blind protocols: the held-out cases)",
         "recovered": f"failure whose {cfg.region} Dice under the edit is >= {cfg.threshold}",
         "dice": "fractions 0..1; dice_before/dice_after are means over failures",
         "source_dice_change": (
             "mean over the failure specs of the mean Dice change on all labelled source cases"
             if protocol == "oracle"
-            else "mean Dice change on all labelled source cases under the one spec"
+            else "mean Dice change on all labelled source cases under the one spec "
+            "(source_dice_change_heldout: on the source cases not used for calibration)"
         ),
-        "candidates": "ranked from model predictions only: source reliance x activation lost in target",
+        "candidates": "ranked from model predictions only: source attribution for the region",
     }
     return {
         "protocol": protocol,
@@ -281,6 +374,9 @@ def _document(
         "threshold": cfg.threshold,
         "n_cases": len(rows),
         "n_failures": len(fails),
+        "n_failures_scope": "evaluated cases"
+        if protocol == "oracle"
+        else "held-out cases (calibration excluded)",
         "n_recovered": n_rec,
         "recovered_fraction": n_rec / len(fails) if fails else None,
         "dice_before": _mean([r["dice_before"] for r in fails]),

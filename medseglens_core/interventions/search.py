@@ -1,5 +1,5 @@
-"""Building blocks of the recovery search: per-case latent profiles, candidate ranking,
-the pool of candidate edits and a greedy spec search.
+"""Building blocks of the recovery search: per-case latent profiles, candidate ranking and
+the families of candidate specs.
 
 Every statistic is taken over the *neighbourhood* of a case: the tokens whose cell touches the
 model's own predicted whole tumour (WT, labels 1-3) dilated by ``dilation`` voxels on the case
@@ -8,17 +8,17 @@ grid. That is where a missed oedema would be, and it needs no ground truth.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseglens_core.interventions.apply import REGION_LABELS, dilate, edited_logits, region_mask
-from medseglens_core.interventions.cache import PrefixCache, logits_to_labels
+from medseglens_core.interventions.apply import REGION_LABELS, dilate, region_mask
+from medseglens_core.interventions.batch import item_codes
+from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.spec import Edit, InterventionSpec
-from medseglens_core.metrics import dice
 
 
 @dataclass
@@ -38,7 +38,10 @@ class Profile:
 
     - ``mean_in``: mean code (zeros included); ``mean_active_in``: mean code where > 0;
     - ``attribution``: sum over neighbourhood tokens of ``z * d log P(region) / dz``, with
-      ``log P(region)`` summed over the neighbourhood's pixels (the model's own prediction).
+      ``log P(region)`` summed over the neighbourhood's pixels (the model's own prediction);
+    - ``region_sum`` / ``region_active``: sums over tokens of ``f_t * z`` and ``f_t * [z > 0]``,
+      ``f_t`` the fraction of the token's cell the model predicts as the region: their ratio
+      is the code a latent takes, when active, where the model sees the region.
     """
 
     case_id: str
@@ -46,6 +49,8 @@ class Profile:
     mean_in: np.ndarray
     mean_active_in: np.ndarray
     attribution: np.ndarray
+    region_sum: np.ndarray
+    region_active: np.ndarray
 
 
 def neighbourhood_tokens(cache: PrefixCache, dilation: int) -> np.ndarray:
@@ -84,26 +89,44 @@ def profile(item: VolumeItem, sae, region: str, dilation: int) -> Profile:
         active += (zs > 0).sum(0)
         attr += (z0 * grad)[sel].sum(0).detach()
     n = int(tmask.sum())
+    frac = torch.from_numpy(region_fraction(cache, region)).float()
+    codes = item_codes(cache, sae)
     return Profile(
         case_id=item.case_id,
         n_tokens=n,
         mean_in=(total / max(n, 1)).numpy(),
         mean_active_in=(total / active.clamp(min=1)).numpy(),
         attribution=attr.numpy(),
+        region_sum=(frac @ codes).numpy(),
+        region_active=(frac @ (codes > 0).float()).numpy(),
     )
+
+
+def region_fraction(cache: PrefixCache, region: str) -> np.ndarray:
+    """``(Z*h*w,)`` fraction of each token's case-grid cell that the unedited model predicts as ``region``."""
+    tv = cache.token_of_voxel
+    ok = tv >= 0
+    n = np.bincount(tv[ok], minlength=cache.n_tokens)
+    hit = np.bincount(
+        tv[ok], weights=region_mask(cache.baseline_labels, region)[ok], minlength=cache.n_tokens
+    )
+    return hit / np.maximum(n, 1)
 
 
 @dataclass
 class Ranking:
-    """Candidate latents, best first, with the numbers that ranked them (lists over ``latents``)."""
+    """Candidate latents, best first, with the numbers that ranked them (lists over ``latents``).
+
+    ``reference`` ``(d_sae,)``: the source cohort's code of each latent, when active, on the
+    tokens where the model predicts the region (the value ``clamp`` edits restore).
+    """
 
     latents: list[int]
     score: list[float]
     source_mean: list[float]
     target_mean: list[float]
     source_attribution: list[float]
-    source_mean_active: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
-    target_mean_active: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    reference: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
     def to_json(self) -> dict:
         return {
@@ -112,114 +135,73 @@ class Ranking:
             "source_mean": self.source_mean,
             "target_mean": self.target_mean,
             "source_attribution": self.source_attribution,
+            "reference_code": [float(self.reference[j]) for j in self.latents],
         }
 
 
 def rank_candidates(source: Sequence[Profile], target: Sequence[Profile], n: int) -> Ranking:
-    """Rank latents the model relies on for the region in the source cohort and that fire less
-    in the target cohort (per-case means, averaged over cases).
+    """Rank latents by the model's reliance on them for the region in the source cohort.
 
-    ``score_j = max(A_j, 0) / max_k A_k * clip(1 - m_t,j / m_s,j, 0, 1)`` with ``A`` the mean
-    source attribution and ``m`` the mean neighbourhood code per cohort: the share of the
-    model's evidence for the region that the target cohort has lost. When fewer than ``n``
-    latents score > 0, the rest are filled by source attribution.
+    ``score_j = A_j / max_k A_k`` with ``A`` the mean source attribution (activation x gradient
+    of the region's log-probability over the neighbourhood, from predictions only); latents
+    with ``A_j <= 0`` are never candidates. The target's mean neighbourhood code is reported
+    next to the source's (how much of each latent the target lost).
     """
     attr = np.mean([p.attribution for p in source], axis=0)
     ms = np.mean([p.mean_in for p in source], axis=0)
     mt = np.mean([p.mean_in for p in target], axis=0)
-    lost = np.clip(1.0 - mt / np.maximum(ms, 1e-8), 0.0, 1.0)
-    rel = np.maximum(attr, 0.0) / max(float(attr.max()), 1e-12)
-    score = rel * lost
-    order = [int(j) for j in np.argsort(-score, kind="stable") if score[j] > 0][:n]
-    for j in np.argsort(-attr, kind="stable"):
-        if len(order) >= n:
-            break
-        if int(j) not in order and attr[j] > 0:
-            order.append(int(j))
+    rel = attr / max(float(attr.max()), 1e-12)
+    order = [int(j) for j in np.argsort(-attr, kind="stable") if attr[j] > 0][:n]
+    region_sum = np.sum([p.region_sum for p in source], axis=0)
+    region_active = np.sum([p.region_active for p in source], axis=0)
+    fallback = np.mean([p.mean_active_in for p in source], axis=0)
+    reference = np.where(region_active > 0, region_sum / np.maximum(region_active, 1e-12), fallback)
     return Ranking(
         latents=order,
-        score=[float(score[j]) for j in order],
+        score=[float(rel[j]) for j in order],
         source_mean=[float(ms[j]) for j in order],
         target_mean=[float(mt[j]) for j in order],
         source_attribution=[float(attr[j]) for j in order],
-        source_mean_active=np.mean([p.mean_active_in for p in source], axis=0),
-        target_mean_active=np.mean([p.mean_active_in for p in target], axis=0),
+        reference=reference,
     )
 
 
-def edit_pool(
-    ranking: Ranking,
-    *,
-    dilation: int,
-    scales: Sequence[float] = (2.0, 4.0, 8.0),
-    adds: Sequence[float] = (0.5, 1.0, 2.0),
-    scopes: Sequence[str] = ("predicted_region", "all"),
-    ablate: bool = True,
-    reference_cohort: str = "source",
-) -> list[Edit]:
-    """Single edits over the candidates: scale up, add (multiples of the source's mean active
-    code), patch to the source cohort, ablate; each in every scope of ``scopes``."""
-    pool: list[Edit] = []
-    for j in ranking.latents:
-        unit = float(ranking.source_mean_active[j]) if ranking.source_mean_active.size else 1.0
-        ops: list[dict] = [{"op": "scale", "value": s} for s in scales]
-        ops += [{"op": "add", "value": a * unit} for a in adds if unit > 0]
-        ops.append({"op": "patch", "reference_cohort": reference_cohort})
-        if ablate:
-            ops.append({"op": "ablate"})
-        for scope in scopes:
-            where = {"scope": scope}
-            if scope == "predicted_region":
-                where |= {"region": "WT", "dilation": dilation}
-            for op in ops:
-                pool.append(Edit(latent=j, **op, **where))
-    return pool
+@dataclass(frozen=True)
+class FamilyGrid:
+    """Multi-latent spec families searched (each over the top ``m`` candidates).
+
+    * ``clamp_active``: latent set to ``b x reference`` where it already fires (self-localising:
+      tokens where the latent is silent are untouched);
+    * ``clamp_region``: set to ``b x reference`` on the predicted TC dilated by ``d`` voxels;
+    * ``scale_region``: multiplied by ``f`` on the predicted TC dilated by ``d`` voxels.
+    """
+
+    sizes: tuple[int, ...] = (10, 20, 40)
+    clamp_active: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
+    clamp_region: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    scale_region: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    dilations: tuple[int, ...] = (2, 4, 6)
 
 
-def edited_labels(item: VolumeItem, sae, spec: InterventionSpec, reference_stats) -> np.ndarray:
-    """Label map ``(X, Y, Z)`` of ``item`` under ``spec`` (the cached baseline when empty)."""
-    logits, n_tok, _, _ = edited_logits(item.cache, sae, spec, reference_stats=reference_stats)
-    return item.cache.baseline_labels if n_tok == 0 else logits_to_labels(item.cache.prepared, logits)
-
-
-def region_dice(item: VolumeItem, labels: np.ndarray, region: str) -> float:
-    """Dice of ``region`` between a predicted label map and the item's ground truth."""
-    return dice(region_mask(labels, region), region_mask(item.label, region))
-
-
-def with_edit(spec: InterventionSpec, edit: Edit) -> InterventionSpec:
-    """``spec`` plus ``edit``, replacing an edit on the same latent and scope."""
-    keep = [e for e in spec.edits if (e.latent, e.scope) != (edit.latent, edit.scope)]
-    return InterventionSpec(edits=[*keep, edit])
-
-
-Objective = Callable[[InterventionSpec], float]
-
-
-def greedy(
-    pool: Sequence[Edit],
-    objective: Objective,
-    *,
-    max_edits: int,
-    min_gain: float = 1e-3,
-    start: InterventionSpec | None = None,
-) -> tuple[InterventionSpec, float, int]:
-    """Greedy forward selection: add the pool edit that raises ``objective`` most, up to
-    ``max_edits`` edits, while the gain is at least ``min_gain``. Returns (spec, value, evals)."""
-    spec = start or InterventionSpec()
-    best = objective(spec)
-    evals = 1
-    for _ in range(max_edits):
-        step_best, step_spec = best, None
-        for edit in pool:
-            cand = with_edit(spec, edit)
-            if cand == spec:
-                continue
-            value = objective(cand)
-            evals += 1
-            if value > step_best:
-                step_best, step_spec = value, cand
-        if step_spec is None or step_best - best < min_gain:
-            break
-        spec, best = step_spec, step_best
-    return spec, best, evals
+def spec_families(ranking: Ranking, grid: FamilyGrid = FamilyGrid()) -> list[tuple[str, InterventionSpec]]:
+    """Named candidate specs over the ranking's top-``m`` latents (see :class:`FamilyGrid`)."""
+    out: list[tuple[str, InterventionSpec]] = []
+    ref = ranking.reference
+    for m in grid.sizes:
+        lat = ranking.latents[:m]
+        if not lat or (m > len(ranking.latents) and m != grid.sizes[0]):
+            continue
+        for b in grid.clamp_active:
+            edits = [
+                Edit(latent=j, op="clamp", value=round(float(b * ref[j]), 5), scope="active") for j in lat
+            ]
+            out.append((f"clamp-active m={m} b={b}", InterventionSpec(edits=edits)))
+        for d in grid.dilations:
+            where = {"scope": "predicted_region", "region": "TC", "dilation": d}
+            for b in grid.clamp_region:
+                edits = [Edit(latent=j, op="clamp", value=round(float(b * ref[j]), 5), **where) for j in lat]
+                out.append((f"clamp-TC+{d} m={m} b={b}", InterventionSpec(edits=edits)))
+            for f in grid.scale_region:
+                edits = [Edit(latent=j, op="scale", value=f, **where) for j in lat]
+                out.append((f"scale-TC+{d} m={m} f={f}", InterventionSpec(edits=edits)))
+    return out

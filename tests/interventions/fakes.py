@@ -11,10 +11,15 @@ from medseglens_core.models.base import BaseConfig, Prefix, SegModel
 
 
 class IdentityPrepared:
-    """A PreparedCase whose case grid IS the slice grid: ``(Z, C, H, W) -> (C, H, W, Z)``."""
+    """A PreparedCase whose case grid IS the slice grid: ``(Z, C, H, W) -> (C, H, W, Z)``.
 
-    def __init__(self, slices: torch.Tensor) -> None:
+    ``label`` ``(H, W, Z)`` (optional) becomes ``labels`` ``(Z, H, W)`` on the model grid."""
+
+    def __init__(self, slices: torch.Tensor, label: np.ndarray | None = None) -> None:
         self.slices = slices
+        self.labels = (
+            None if label is None else torch.from_numpy(np.ascontiguousarray(label.transpose(2, 0, 1)))
+        )
 
     def to_case_grid(self, maps: torch.Tensor) -> np.ndarray:
         return maps.detach().permute(1, 2, 3, 0).cpu().numpy()
@@ -96,4 +101,5 @@ def planted_volume(oedema_gain: float, seed: int, size: int = 16, depth: int = 6
         x[z, 1, a + 4 : a + 8, b + 4 : b + 8] = 0.0
         label[a + 4 : a + 8, b + 4 : b + 8, z] = 3
     x += rng.normal(0, 0.005, x.shape).astype(np.float32)
+    x[:, 1][label.transpose(2, 0, 1) != 2] -= 0.05  # the oedema channel is silent off the oedema
     return torch.from_numpy(x), label
