@@ -73,7 +73,10 @@ class RecoveryConfig:
         screen_stride: candidates are screened on every ``screen_stride``-th slice, then the
             best ``confirm_top`` are scored exactly.
         source_tolerance: blind: the largest mean source-calibration Dice loss accepted.
-        steer: also fit additive steering directions (oracle per failure, blind on calibration).
+        source_case_tolerance: blind: the largest Dice loss accepted on any one source case.
+        steer: oracle: fit an additive steering direction for a failure no family repairs.
+        steer_blind: blind: also fit one on the calibration split (off: on the demo zoo the
+            fitted directions repaired the target but harmed the source beyond tolerance).
         steer_latents / steer_steps / steer_lr: the fit (see :func:`steer.fit_steering`).
         steer_alphas / steer_dilations: strengths and TC dilations tried for a fitted direction.
     """
@@ -87,9 +90,11 @@ class RecoveryConfig:
     screen_stride: int = 4
     confirm_top: int = 3
     source_tolerance: float = 0.004
+    source_case_tolerance: float = 0.02
     steer: bool = True
+    steer_blind: bool = False
     steer_latents: int = 32
-    steer_steps: int = 12
+    steer_steps: int = 8
     steer_lr: float = 0.05
     steer_alphas: tuple[float, ...] = (0.5, 1.0, 1.5)
     steer_dilations: tuple[int, ...] = (4, 6)
@@ -128,9 +133,20 @@ class _Scores:
         self, items: Sequence[VolumeItem], specs: Sequence[InterventionSpec], screen=False
     ) -> np.ndarray:
         """``(len(specs),)`` mean Dice change over ``items`` (zeros when there are none)."""
+        return self.changes(items, specs, screen).mean(axis=0)
+
+    def changes(
+        self, items: Sequence[VolumeItem], specs: Sequence[InterventionSpec], screen=False
+    ) -> np.ndarray:
+        """``(len(items), len(specs))`` Dice change per item (one row of zeros when no items)."""
         if not items:
-            return np.zeros(len(specs))
-        return np.mean([self.many(i, specs, screen=screen) - self.base(i) for i in items], axis=0)
+            return np.zeros((1, len(specs)))
+        return np.array([self.many(i, specs, screen=screen) - self.base(i) for i in items])
+
+    def harmless(self, items, specs, cfg: RecoveryConfig, screen=False) -> np.ndarray:
+        """``(len(specs),)`` bool: mean and worst source change within the tolerances."""
+        ch = self.changes(items, specs, screen)
+        return (ch.mean(axis=0) >= -cfg.source_tolerance) & (ch.min(axis=0) >= -cfg.source_case_tolerance)
 
 
 def run_recovery(
@@ -148,9 +164,10 @@ def run_recovery(
 ) -> dict[str, Any]:
     """Run one protocol and return the ``recovery.json`` document (see module docstring).
 
-    ``harm_items``: labelled source-cohort cases, disjoint from ``source_items``, on which the
-    blind protocols check harm (e.g. the zoo's validation split); default: the first half of
-    ``source_items``. ``source_dice_change`` is always measured on all of ``source_items``.
+    ``harm_items``: extra labelled source-cohort cases, disjoint from ``source_items``, on which
+    the blind protocols check harm (e.g. the zoo's validation split) besides the first half of
+    ``source_items``. ``source_dice_change`` is measured on all of ``source_items``;
+    ``source_dice_change_heldout`` on the half never used for calibration.
     """
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
@@ -170,7 +187,8 @@ def run_recovery(
                 f"{protocol} needs more than {cfg.calib_n} target cases (calibration + held-out); got {len(tgt)}"
             )
         calib_t, evaluate = tgt[: cfg.calib_n], tgt[cfg.calib_n :]
-        calib_s = sorted(harm_items, key=lambda i: i.case_id) if harm_items else src[: max(1, len(src) // 2)]
+        extra = sorted(harm_items, key=lambda i: i.case_id) if harm_items else []
+        calib_s = [*extra, *src[: max(1, len(src) // 2)]]
     if any(i.label is None for i in evaluate) or (
         protocol == "blind" and any(i.label is None for i in calib_t)
     ):
@@ -201,7 +219,8 @@ def run_recovery(
         after = _dice_after(ev, evaluate, spec)
         rows = [_row(ev, item, spec, a, cfg) for item, a in zip(evaluate, after, strict=True)]
         src_change = float(ev.change(labelled_src, [spec])[0]) if spec.edits else 0.0
-        held = [i for i in labelled_src if i not in calib_s]
+        used = {id(i) for i in calib_s}
+        held = [i for i in labelled_src if id(i) not in used]
         src_heldout = float(ev.change(held, [spec])[0]) if spec.edits and held else src_change
         spec_out = spec.model_dump()
     doc = _document(protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out, calib_t, calib_s,
@@ -297,21 +316,21 @@ def _oracle_source_change(ev: _Scores, src: Sequence[VolumeItem], specs: Sequenc
 def _blind(ev: _Scores, families: Named, calib_t, calib_s, cfg: RecoveryConfig, progress: Progress):
     """The best feasible spec on the calibration split: (family name, spec)."""
     named = list(families)
-    if cfg.steer:
+    if cfg.steer_blind:
         named += _steer_candidates(
             ev, [*calib_t, *calib_s], [1.0] * len(calib_t) + [1.0] * len(calib_s), False, cfg
         )
     specs = [s for _, s in named]
     gain = np.mean([ev.many(i, specs, screen=True) for i in calib_t], axis=0)
-    harm = ev.change(calib_s, specs, screen=True)
-    order = [i for i in np.argsort(-gain, kind="stable") if harm[i] >= -cfg.source_tolerance]
+    safe = ev.harmless(calib_s, specs, cfg, screen=True)
+    order = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
     keep = [named[i] for i in order[: 2 * cfg.confirm_top]]
     if not keep:
         return None, InterventionSpec()
     specs = [s for _, s in keep]
     gain = np.mean([ev.many(i, specs) for i in calib_t], axis=0)
-    harm = ev.change(calib_s, specs)
-    ok = [i for i in np.argsort(-gain, kind="stable") if harm[i] >= -cfg.source_tolerance]
+    safe = ev.harmless(calib_s, specs, cfg)
+    ok = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
     base = float(np.mean([ev.base(i) for i in calib_t]))
     if not ok or gain[ok[0]] <= base:
         return None, InterventionSpec()

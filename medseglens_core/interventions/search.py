@@ -177,10 +177,10 @@ class FamilyGrid:
     """
 
     sizes: tuple[int, ...] = (10, 20, 40)
-    clamp_active: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
-    clamp_region: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-    scale_region: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
-    dilations: tuple[int, ...] = (2, 4, 6)
+    clamp_active: tuple[float, ...] = (2.0, 3.0)
+    clamp_region: tuple[float, ...] = (1.0, 2.0, 4.0)
+    scale_region: tuple[float, ...] = (4.0, 8.0)
+    dilations: tuple[int, ...] = (4, 6)
 
 
 def spec_families(ranking: Ranking, grid: FamilyGrid = FamilyGrid()) -> list[tuple[str, InterventionSpec]]:

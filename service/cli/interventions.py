@@ -99,6 +99,14 @@ def recover(
         float, typer.Option("--threshold", min=0.0, max=1.0, help="Failure Dice threshold.")
     ] = 0.5,
     sae: Annotated[str | None, typer.Option("--sae", help="SAE id (default: the model's main SAE).")] = None,
+    source_calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--source-calibration",
+            help="Source-cohort case folders on which blind protocols check harm "
+            "(default: ZOO/data/val/<source> when present, else half of DATA/<source>).",
+        ),
+    ] = None,
 ) -> None:
     """Failure-recovery benchmark: find target cases the model fails on and repair them by steering latents."""
     from medseglens_core.errors import InvalidInput
@@ -134,6 +142,15 @@ def recover(
     hook = sae_card.get("hook") or net.default_hook
     src_items = load_items(net, hook, src_paths, source, progress=progress)
     tgt_items = load_items(net, hook, tgt_paths, target, progress=progress)
+    harm_items = None
+    harm_dir = source_calibration or Path(zoo) / "data" / "val" / source
+    if any(p != "oracle" for p in protocols) and harm_dir.is_dir():
+        from medseglens_core.io import find_cases
+
+        harm_paths = find_cases(harm_dir)
+        taken = {p.name for p in src_paths}
+        harm_paths = [p for p in harm_paths if p.name not in taken]  # never the evaluated source cases
+        harm_items = load_items(net, hook, harm_paths, source, progress=progress) or None
     cfg = RecoveryConfig(region=region, threshold=threshold)
     docs = []
     for p in protocols:
@@ -146,6 +163,7 @@ def recover(
             source=source,
             target=target,
             config=cfg,
+            harm_items=harm_items,
             progress=progress,
         )
         doc["sae_id"] = sae_card.get("id", sae)

@@ -13,7 +13,9 @@ from medseglens_core.interventions.steer import fit_steering, pack, select_laten
 from tests.interventions.fakes import IdentityPrepared, PlantedModel, identity_sae, planted_volume
 
 GRID = FamilyGrid(sizes=(2,), clamp_active=(2.0,), clamp_region=(1.0,), scale_region=(4.0,), dilations=(4,))
-CFG = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, grid=GRID, screen_stride=2, steer_steps=4)
+CFG = RecoveryConfig(
+    calib_n=2, n_candidates=2, dilation=6, grid=GRID, screen_stride=2, steer_steps=4, steer_blind=True
+)
 
 
 def _items(cohort: str, gain: float, seeds: range) -> list[VolumeItem]:
