@@ -69,7 +69,8 @@ class RecoveryConfig:
         n_candidates: candidate latents ranked (the families use the top 5..40).
         dilation: voxels by which the predicted WT is dilated for the profile neighbourhood.
         calib_n: labelled target cases in the blind calibration split (<= 5).
-        grid: the spec families searched.
+        grid: the spec families searched by the blind protocols; ``oracle_grid`` by the oracle
+            (stronger edits: it need not protect the source).
         screen_stride: candidates are screened on every ``screen_stride``-th slice, then the
             best ``confirm_top`` are scored exactly.
         source_tolerance: blind: the largest mean source-calibration Dice loss accepted.
@@ -87,6 +88,15 @@ class RecoveryConfig:
     dilation: int = 3
     calib_n: int = 5
     grid: FamilyGrid = field(default_factory=FamilyGrid)
+    oracle_grid: FamilyGrid = field(
+        default_factory=lambda: FamilyGrid(
+            sizes=(20, 40),
+            clamp_active=(3.0,),
+            clamp_region=(2.0, 4.0),
+            scale_region=(4.0, 8.0, 16.0),
+            dilations=(4, 6, 8),
+        )
+    )
     screen_stride: int = 4
     confirm_top: int = 3
     source_tolerance: float = 0.004
@@ -96,8 +106,8 @@ class RecoveryConfig:
     steer_latents: int = 32
     steer_steps: int = 8
     steer_lr: float = 0.05
-    steer_alphas: tuple[float, ...] = (0.5, 1.0, 1.5)
-    steer_dilations: tuple[int, ...] = (4, 6)
+    steer_alphas: tuple[float, ...] = (1.0, 2.0, 3.0)
+    steer_dilations: tuple[int, ...] = (4, 6, 8)
 
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -202,7 +212,7 @@ def run_recovery(
         [profile(i, sae, cfg.region, cfg.dilation) for i in (calib_t or tgt)],
         cfg.n_candidates,
     )
-    families = spec_families(ranking, cfg.grid)
+    families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)
     ev = _Scores(sae, cfg.region, cfg.screen_stride)
     chosen: str | None = None
     if protocol == "oracle":
