@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medseglens_core.interventions.cache import PrefixCache, logits_to_labels
+from medseglens_core.interventions.cache import PrefixCache, slice_labels, slice_z
 from medseglens_core.interventions.errors import LatentOutOfRange, MissingMask, MissingReference
 from medseglens_core.interventions.spec import Edit, InterventionSpec
 from medseglens_core.metrics import LABELS, REGIONS, dice, region_volumes_ml
@@ -224,7 +224,14 @@ def apply_spec(
     logits, n_tokens, n_slices, summaries = edited_logits(
         cache, sae, spec, mask=mask, reference_stats=reference_stats
     )
-    edited = cache.baseline_labels if n_tokens == 0 else logits_to_labels(cache.prepared, logits)
+    edited = cache.baseline_labels
+    if n_tokens:
+        # only re-run slices can differ: map just those to the case grid (same result as the
+        # full-volume path, tested), the rest keeps the cached baseline labels
+        ks = torch.nonzero((logits != cache.baseline_logits).flatten(1).any(dim=1)).flatten().tolist()
+        edited = cache.baseline_labels.copy()
+        if ks:
+            edited[:, :, slice_z(cache, ks)] = slice_labels(cache, ks, logits[ks])
     return summarise(cache.baseline_labels, edited, label, spacing, n_tokens, n_slices, summaries)
 
 

@@ -13,11 +13,13 @@ slice ``k`` of the prepared stack, row ``i``, column ``j`` of the hook grid ``(h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medseglens_core.models.base import Prefix, SegModel
 
@@ -190,3 +192,48 @@ def _voxel_to_token(prepared: Any, slices_shape: torch.Size, hook_shape: tuple[i
     out = (kk * h + ii) * w + jj
     out[~valid] = -1
     return out
+
+
+def slice_labels(cache: PrefixCache, ks: Sequence[int], logits: torch.Tensor) -> np.ndarray:
+    """Case-grid labels ``(X, Y, n)`` uint8 of prepared slices ``ks`` from their logits ``(n, 4, H, W)``.
+
+    Equal to ``logits_to_labels(prepared, full)[:, :, z0 + ks]`` for a real ``PreparedCase``;
+    other prepared objects (tests) go through the full path with the baseline elsewhere.
+    """
+    prep = cache.prepared
+    ks = list(ks)
+    if not (hasattr(prep, "record") and hasattr(prep, "brain_mask")):
+        full = cache.baseline_logits.clone()
+        full[ks] = logits.float().cpu()
+        return logits_to_labels(prep, full)[..., ks]
+    rec = prep.record
+    x0, x1, y0, y1, z0, _ = rec.crop
+    probs = torch.softmax(logits.float().cpu(), dim=1)
+    if tuple(probs.shape[-2:]) != tuple(rec.padded_shape):
+        probs = F.interpolate(probs, size=rec.padded_shape, mode="bilinear", align_corners=False)
+    px0, _, py0, _ = rec.pad
+    probs = probs[:, :, px0 : px0 + x1 - x0, py0 : py0 + y1 - y0]
+    out = np.zeros((rec.case_shape[0], rec.case_shape[1], len(ks)), dtype=np.uint8)
+    out[x0:x1, y0:y1] = _first_argmax(probs).permute(1, 2, 0).numpy()
+    zs = [z0 + k for k in ks]
+    out[~prep.brain_mask[:, :, zs]] = 0
+    return out
+
+
+def slice_z(cache: PrefixCache, ks: Sequence[int]) -> list[int]:
+    """Case-grid z index of prepared slices ``ks`` (identity for objects without a record)."""
+    rec = getattr(cache.prepared, "record", None)
+    z0 = rec.crop[4] if rec is not None else 0
+    return [z0 + k for k in ks]
+
+
+def _first_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over dim 1 of ``(n, C, X, Y)`` as uint8 (first maximum on ties, like numpy),
+    by C-1 comparisons: torch's argmax over a non-last dim is several times slower on CPU."""
+    best = probs[:, 0].clone()
+    idx = torch.zeros(best.shape, dtype=torch.uint8)
+    for c in range(1, probs.shape[1]):
+        better = probs[:, c] > best
+        idx[better] = c
+        best = torch.where(better, probs[:, c], best)
+    return idx
