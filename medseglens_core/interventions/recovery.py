@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from medseglens_core.errors import InvalidInput
 from medseglens_core.interventions.batch import SliceScorer, score_specs
+from medseglens_core.interventions.report import recovery_document
 from medseglens_core.interventions.search import (
     FamilyGrid,
     VolumeItem,
@@ -233,7 +234,7 @@ def run_recovery(
         held = [i for i in labelled_src if id(i) not in used]
         src_heldout = float(ev.change(held, [spec])[0]) if spec.edits and held else src_change
         spec_out = spec.model_dump()
-    doc = _document(protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out, calib_t, calib_s,
+    doc = recovery_document(protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out, calib_t, calib_s,
                     labelled_src, ev.evals, time.perf_counter() - t0)  # fmt: skip
     doc["source_dice_change_heldout"] = src_heldout
     doc["chosen_family"] = chosen
@@ -369,62 +370,3 @@ def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: Recove
         return None, InterventionSpec()
     best = min(ok, key=lambda i: abs(np.log(max(tgt_ratio[i], 1e-6) / max(src_ratio, 1e-6))))
     return named[best][0], named[best][1]
-
-
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
-def _document(
-    protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out,
-    calib_t, calib_s, labelled_src, evals, seconds,
-) -> dict[str, Any]:  # fmt: skip
-    fails = [r for r in rows if r["failure"]]
-    n_rec = sum(r["recovered"] for r in fails)
-    notes = {
-        "failure": f"evaluated target case with {cfg.region} Dice < {cfg.threshold} under the unedited model",
-        "n_failures": "counted over the evaluated cases only (blind protocols: the held-out cases)",
-        "recovered": f"failure whose {cfg.region} Dice under the edit is >= {cfg.threshold}",
-        "dice": "fractions 0..1; dice_before/dice_after are means over failures",
-        "source_dice_change": (
-            "mean over the failure specs of the mean Dice change on all labelled source cases"
-            if protocol == "oracle"
-            else "mean Dice change on all labelled source cases under the one spec "
-            "(source_dice_change_heldout: on the source cases not used for calibration)"
-        ),
-        "candidates": "ranked from model predictions only: source attribution for the region",
-    }
-    return {
-        "protocol": protocol,
-        "model_id": model_id,
-        "target": target,
-        "source": source,
-        "region": cfg.region,
-        "threshold": cfg.threshold,
-        "n_cases": len(rows),
-        "n_failures": len(fails),
-        "n_failures_scope": "evaluated cases"
-        if protocol == "oracle"
-        else "held-out cases (calibration excluded)",
-        "n_recovered": n_rec,
-        "recovered_fraction": n_rec / len(fails) if fails else None,
-        "dice_before": _mean([r["dice_before"] for r in fails]),
-        "dice_after": _mean([r["dice_after"] for r in fails]),
-        "dice_before_all": _mean([r["dice_before"] for r in rows]),
-        "dice_after_all": _mean([r["dice_after"] for r in rows]),
-        "source_dice_change": src_change,
-        "n_source_cases": len(labelled_src),
-        "spec": spec_out,
-        "calibration": None
-        if protocol == "oracle"
-        else {
-            "target_case_ids": [i.case_id for i in calib_t],
-            "source_case_ids": [i.case_id for i in calib_s],
-        },
-        "candidates": ranking.to_json(),
-        "cases": rows,
-        "evaluations": evals,
-        "time_s": round(seconds, 2),
-        "config": asdict(cfg),
-        "definitions": notes,
-    }

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import html
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
@@ -99,3 +102,63 @@ def write_recovery(docs: list[dict[str, Any]], out_dir: Path) -> None:
     body = docs[0] if len(docs) == 1 else {"protocols": docs}
     (out_dir / "recovery.json").write_text(json.dumps(body, indent=1))
     (out_dir / "recovery.html").write_text(render_recovery_html(docs))
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def recovery_document(
+    protocol, model_id, source, target, cfg, rows, ranking, src_change, spec_out,
+    calib_t, calib_s, labelled_src, evals, seconds,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``recovery.json`` document of one protocol run (see ``recovery`` module docs)."""
+    fails = [r for r in rows if r["failure"]]
+    n_rec = sum(r["recovered"] for r in fails)
+    notes = {
+        "failure": f"evaluated target case with {cfg.region} Dice < {cfg.threshold} under the unedited model",
+        "n_failures": "counted over the evaluated cases only (blind protocols: the held-out cases)",
+        "recovered": f"failure whose {cfg.region} Dice under the edit is >= {cfg.threshold}",
+        "dice": "fractions 0..1; dice_before/dice_after are means over failures",
+        "source_dice_change": (
+            "mean over the failure specs of the mean Dice change on all labelled source cases"
+            if protocol == "oracle"
+            else "mean Dice change on all labelled source cases under the one spec "
+            "(source_dice_change_heldout: on the source cases not used for calibration)"
+        ),
+        "candidates": "ranked from model predictions only: source attribution for the region",
+    }
+    return {
+        "protocol": protocol,
+        "model_id": model_id,
+        "target": target,
+        "source": source,
+        "region": cfg.region,
+        "threshold": cfg.threshold,
+        "n_cases": len(rows),
+        "n_failures": len(fails),
+        "n_failures_scope": "evaluated cases"
+        if protocol == "oracle"
+        else "held-out cases (calibration excluded)",
+        "n_recovered": n_rec,
+        "recovered_fraction": n_rec / len(fails) if fails else None,
+        "dice_before": _mean([r["dice_before"] for r in fails]),
+        "dice_after": _mean([r["dice_after"] for r in fails]),
+        "dice_before_all": _mean([r["dice_before"] for r in rows]),
+        "dice_after_all": _mean([r["dice_after"] for r in rows]),
+        "source_dice_change": src_change,
+        "n_source_cases": len(labelled_src),
+        "spec": spec_out,
+        "calibration": None
+        if protocol == "oracle"
+        else {
+            "target_case_ids": [i.case_id for i in calib_t],
+            "source_case_ids": [i.case_id for i in calib_s],
+        },
+        "candidates": ranking.to_json(),
+        "cases": rows,
+        "evaluations": evals,
+        "time_s": round(seconds, 2),
+        "config": asdict(cfg),
+        "definitions": notes,
+    }
