@@ -10,7 +10,6 @@ from medseglens_core.errors import InvalidInput
 from service.models_db import Volume
 from service.storage import Storage
 
-MODALITIES = ("t1n", "t1c", "t2w", "t2f")
 _NO_LIMIT = 2**62
 
 

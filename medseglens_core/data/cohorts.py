@@ -29,8 +29,6 @@ from typing import Any
 
 from medseglens_core.errors import InvalidInput, NotFound
 
-#: Channel order of every synthetic case (the contract's ``MODALITIES``).
-MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 #: Tissue classes of the contrast table; the first three come from the MNI152 maps.
 TISSUES: tuple[str, ...] = ("csf", "gm", "wm", "ncr", "et", "snfh")
 #: Tumour location names understood by the generator (see ``CohortParams.locations``).

@@ -9,7 +9,6 @@ checks the weights' checksum.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from medseglens_core import __version__
+from medseglens_core.checksums import sha256_file
 from medseglens_core.data.preprocess import DEFAULT_MARGIN_MM
 from medseglens_core.errors import InvalidInput, NotFound
 from medseglens_core.io.case import MODALITIES
@@ -36,15 +36,6 @@ LABEL_CONVENTION = {
 
 class CorruptModel(InvalidInput):
     """A model directory whose weights or card cannot be read or do not match."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def input_spec(model: SegModel) -> dict[str, Any]:

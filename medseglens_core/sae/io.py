@@ -14,7 +14,6 @@ else the caller passes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from medseglens_core.checksums import sha256_file
 from medseglens_core.sae.base import SAE, SAEConfig, build_sae
 from medseglens_core.sae.errors import CorruptSAE, SAENotFound
 
@@ -30,15 +30,6 @@ __all__ = ["CARD", "CFG", "WEIGHTS", "load_sae", "save_sae", "sha256_file"]
 
 CFG, WEIGHTS, CARD = "cfg.json", "sae_weights.safetensors", "card.json"
 _TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from medseglens_core.models.inference import resolve_device
 from medseglens_core.sae.base import SAE, SAEConfig, build_sae
 from medseglens_core.sae.errors import InvalidSAEConfig
 from medseglens_core.sae.metrics import reconstruction_metrics
@@ -26,13 +27,6 @@ from medseglens_core.sae.step import StepStats, fast_step
 __all__ = ["estimate_scale", "geometric_median", "init_from_data", "lr_factor", "resolve_device", "train_sae"]
 
 StepFn = Callable[[SAE, torch.Tensor, "torch.Tensor | None"], StepStats]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _fused_ok(dev: torch.device) -> bool:

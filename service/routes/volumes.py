@@ -12,7 +12,8 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import func, select
 
-from service.cases import MODALITIES, load_case, load_volume_case
+from medseglens_core.io.case import MODALITIES
+from service.cases import load_case, load_volume_case
 from service.deps import (
     MetricsDep,
     PoolDep,

@@ -9,7 +9,6 @@ presets and every parameter.
 
 from medseglens_core.data.cohorts import (
     COHORTS,
-    MODALITIES,
     CohortParams,
     InvalidCohortParams,
     UnknownCohort,
@@ -26,6 +25,7 @@ from medseglens_core.data.synthetic.generate import (
     write_case,
     write_cohort,
 )
+from medseglens_core.io.case import MODALITIES
 
 __all__ = [
     "COHORTS",

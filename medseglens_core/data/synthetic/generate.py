@@ -12,7 +12,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medseglens_core.data.cohorts import MODALITIES, CohortParams, apply_overrides, get_cohort
+from medseglens_core.data.cohorts import CohortParams, apply_overrides, get_cohort
 from medseglens_core.data.synthetic.anatomy import deform_anatomy, load_templates
 from medseglens_core.data.synthetic.imaging import (
     add_noise_and_gain,
@@ -22,6 +22,7 @@ from medseglens_core.data.synthetic.imaging import (
     subject_table,
 )
 from medseglens_core.data.synthetic.lesion import make_lesion
+from medseglens_core.io.case import MODALITIES
 
 LABELS: dict[str, int] = {"background": 0, "NCR": 1, "SNFH": 2, "ET": 3}
 
