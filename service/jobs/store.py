@@ -7,8 +7,8 @@ are timezone-aware UTC (``service.models_db.utcnow``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import session_scope
 from service.jobs.errors import IdempotencyConflict
 from service.jobs.states import JobState
 from service.models_db import Job, utcnow
@@ -51,17 +52,8 @@ class JobStore:
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self.factory = factory
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        session = self.factory()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def _session(self) -> AbstractContextManager[Session]:
+        return session_scope(self.factory)
 
     # -- submission ------------------------------------------------------------------------------
     def create(
