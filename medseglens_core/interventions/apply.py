@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from medseglens_core.interventions.cache import PrefixCache, slice_labels, slice_z
 from medseglens_core.interventions.errors import LatentOutOfRange, MissingMask, MissingReference
-from medseglens_core.interventions.spec import Edit, InterventionSpec
+from medseglens_core.interventions.spec import GATE_EPS, Edit, Gate, InterventionSpec
 from medseglens_core.metrics import LABELS, REGIONS, dice, region_volumes_ml
 
 #: Label values of each region and label name (BraTS 2023): WT, TC, ET, NCR, SNFH.
@@ -73,6 +73,8 @@ class InterventionResult:
         changed_voxels: voxels whose label differs between baseline and edited.
         changed_tokens: hook tokens spliced; rerun_slices: slices whose suffix re-ran.
         edits: one :class:`EditSummary` per edit, in spec order.
+        gate_score / gate_open: the spec's gate score on this volume and whether the edits
+            applied (None when the spec has no gate).
     """
 
     baseline_labels: np.ndarray
@@ -87,6 +89,8 @@ class InterventionResult:
     changed_tokens: int
     rerun_slices: int
     edits: list[EditSummary]
+    gate_score: float | None = None
+    gate_open: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the label arrays, JSON-serialisable."""
@@ -139,6 +143,41 @@ def _new_values(edit: Edit, z: torch.Tensor, reference_stats: Mapping[str, Any] 
     return torch.full_like(z, float(np.asarray(reference_stats[cohort])[edit.latent]))
 
 
+def firing_rates(cache: PrefixCache, sae: Any, codes: torch.Tensor | None = None) -> torch.Tensor:
+    """``(d_sae,)`` float64 fraction of the volume's hook tokens where each latent is active.
+
+    ``codes``: the volume's precomputed codes ``(Z*h*w, d_sae)``; without them every token is
+    encoded (chunked). The rates are kept on the cache for the same codes (or SAE) object.
+    """
+    key = codes if codes is not None else sae
+    kept = getattr(cache, "_gate_rates", None)
+    if kept is not None and kept[0] is key:
+        return kept[1]
+    with torch.no_grad():
+        if codes is not None:
+            active = (codes > 0).sum(dim=0)
+        else:
+            tokens = cache.tokens()
+            active = torch.zeros(int(sae.W_dec.shape[0]), dtype=torch.int64)
+            for i in range(0, tokens.shape[0], 8192):
+                z = sae.encode(tokens[i : i + 8192].to(sae.W_dec.device, sae.W_dec.dtype))
+                active += (z > 0).sum(dim=0).cpu()
+    rates = active.cpu().double() / max(cache.n_tokens, 1)
+    cache._gate_rates = (key, rates)  # type: ignore[attr-defined]
+    return rates
+
+
+def gate_score(cache: PrefixCache, sae: Any, gate: Gate, codes: torch.Tensor | None = None) -> float:
+    """The gate's score on this volume: ``sum_j w_j log(rate_j + GATE_EPS)`` (spec module docs)."""
+    d_sae = int(sae.W_dec.shape[0])
+    bad = [j for j in gate.latents if j >= d_sae]
+    if bad:
+        raise LatentOutOfRange(f"gate latent {bad[0]} does not exist: the SAE has {d_sae} latents")
+    rates = firing_rates(cache, sae, codes)[gate.latents]
+    w = torch.tensor(gate.weights, dtype=torch.float64)
+    return float((w * torch.log(rates + GATE_EPS)).sum())
+
+
 def edit_codes(
     cache: PrefixCache,
     sae: Any,
@@ -153,7 +192,8 @@ def edit_codes(
 
     ``active`` scopes test the code before any edit. ``codes`` ``(Z*h*w, d_sae)``: the
     volume's precomputed codes (skips encoding). Returns (token indices ``(n,)``, codes
-    ``z`` ``(n, d_sae)``, edited codes ``z'``, per-edit summaries).
+    ``z`` ``(n, d_sae)``, edited codes ``z'``, per-edit summaries). A closed gate selects no
+    token (every summary counts 0 tokens in scope).
     """
     case_shape = case_shape or tuple(cache.baseline_labels.shape)
     d_sae = int(sae.W_dec.shape[0])
@@ -162,9 +202,12 @@ def edit_codes(
         if e.latent >= d_sae:
             raise LatentOutOfRange(f"latent {e.latent} does not exist: the SAE has {d_sae} latents")
         scopes.append(scope_tokens(cache, e, mask, case_shape))
+    empty = torch.zeros(0, d_sae)
     if not spec.edits:
-        empty = torch.zeros(0, d_sae)
         return np.zeros(0, dtype=np.int64), empty, empty, []
+    if spec.gate is not None and gate_score(cache, sae, spec.gate, codes) < spec.gate.threshold:
+        closed = [EditSummary(e.latent, e.op, e.scope, 0, 0, 0.0, 0.0) for e in spec.edits]
+        return np.zeros(0, dtype=np.int64), empty, empty, closed
     if any(s is None for s in scopes):
         idx = np.arange(cache.n_tokens)
     else:
@@ -224,6 +267,7 @@ def apply_spec(
     logits, n_tokens, n_slices, summaries = edited_logits(
         cache, sae, spec, mask=mask, reference_stats=reference_stats
     )
+    score = gate_score(cache, sae, spec.gate) if spec.gate is not None and spec.edits else None
     edited = cache.baseline_labels
     if n_tokens:
         # only re-run slices can differ: map just those to the case grid (same result as the
@@ -232,7 +276,10 @@ def apply_spec(
         edited = cache.baseline_labels.copy()
         if ks:
             edited[:, :, slice_z(cache, ks)] = slice_labels(cache, ks, logits[ks])
-    return summarise(cache.baseline_labels, edited, label, spacing, n_tokens, n_slices, summaries)
+    result = summarise(cache.baseline_labels, edited, label, spacing, n_tokens, n_slices, summaries)
+    if score is not None and spec.gate is not None:
+        result.gate_score, result.gate_open = score, score >= spec.gate.threshold
+    return result
 
 
 def edited_logits(

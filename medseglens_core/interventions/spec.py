@@ -26,6 +26,16 @@ mapped per axial slice onto the hook grid, a token being in scope when any voxel
 * ``mask``: a boolean ``(X, Y, Z)`` array the caller supplies at apply time (not in JSON).
 * ``box``: ``[x0, y0, z0, x1, y1, z1]`` voxel indices on the case grid, ends exclusive.
 * ``slices``: ``[z0, z1]`` axial slice indices on the case grid, end exclusive.
+
+An optional :class:`Gate` makes the whole spec conditional on the volume: its score is a
+weighted sum of the log firing rates of some latents over all the volume's hook tokens,
+
+    score = sum_j weights[j] * log(rate_j + GATE_EPS),   rate_j = #{t : z[t, j] > 0} / #tokens
+
+and the edits apply only when ``score >= threshold``; otherwise the spec is the identity (the
+unedited prediction, bit for bit). The recovery benchmark's blind protocols fit one so that a
+population-specific repair leaves scans of the training population untouched: the firing rates
+of population-specific latents tell the populations apart without any label.
 """
 
 from __future__ import annotations
@@ -37,6 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Op = Literal["ablate", "clamp", "scale", "add", "patch"]
 Scope = Literal["all", "active", "predicted_region", "mask", "box", "slices"]
 RegionName = Literal["WT", "TC", "ET", "NCR", "SNFH"]
+
+#: Floor added to firing rates before the log in a :class:`Gate` score.
+GATE_EPS = 1e-4
 
 #: Ops whose new value is computed from ``value``.
 VALUE_OPS: frozenset[str] = frozenset({"clamp", "scale", "add"})
@@ -95,12 +108,41 @@ class Edit(BaseModel):
         return self
 
 
+class Gate(BaseModel):
+    """Apply the spec only to volumes whose latent firing rates score ``>= threshold``.
+
+    ``score = sum_j weights[j] * log(rate_j + GATE_EPS)`` over ``latents`` (see module docs).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latents: list[int] = Field(min_length=1, max_length=256, description="SAE latent indices.")
+    weights: list[float] = Field(min_length=1, max_length=256, description="One weight per latent.")
+    threshold: float = Field(description="The edits apply when score >= threshold.")
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Self:
+        if len(self.latents) != len(self.weights):
+            raise ValueError(
+                f"gate: {len(self.latents)} latents but {len(self.weights)} weights; give one weight per latent"
+            )
+        if any(v < 0 for v in self.latents):
+            raise ValueError("gate: latent indices must be >= 0")
+        if any(w != w for w in [*self.weights, self.threshold]):
+            raise ValueError("gate: weights and threshold must be numbers, not NaN")
+        return self
+
+
 class InterventionSpec(BaseModel):
-    """A set of edits applied together in one forward pass. An empty list is the identity."""
+    """A set of edits applied together in one forward pass. An empty list is the identity.
+
+    ``gate``: when set, the edits apply only to volumes the gate opens on (module docs).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     edits: list[Edit] = Field(default_factory=list, max_length=256)
+    gate: Gate | None = Field(default=None, description="Apply the edits only where this gate opens.")
 
     @property
     def needs_mask(self) -> bool:

@@ -37,6 +37,9 @@ def to_out(row: Intervention) -> InterventionOut:
         model_id=row.model_id,
         sae_id=row.sae_id,
         edits=row.edits,
+        gate=s.get("gate"),
+        gate_score=s.get("gate_score"),
+        gate_open=s.get("gate_open"),
         baseline=RegionSummary(region_volumes_ml=s["baseline_volume_ml"], dice=s["dice_before"]),
         edited=RegionSummary(region_volumes_ml=s["edited_volume_ml"], dice=s["dice_after"]),
         volume_change_ml=s["volume_change_ml"],
@@ -79,8 +82,9 @@ async def create_intervention(
 
     Only the network after the hook re-runs, from the prefix cached by a segmentation of the same
     volume and model (computed now on a miss). An empty edit list changes nothing (changed_voxels 0,
-    mask bit-identical to the segmentation's). 422 for an invalid spec (unknown op, missing value,
-    latent >= d_sae, scope `mask` without a labelled `mask_volume_id` on the same grid), an SAE of
+    mask bit-identical to the segmentation's); so does a `gate` that stays closed on this volume
+    (`gate_open` false). 422 for an invalid spec (unknown op, missing value, latent >= d_sae in an
+    edit or the gate, scope `mask` without a labelled `mask_volume_id` on the same grid), an SAE of
     another model (`sae-model-mismatch`), or a `patch` whose reference cohort has no statistics.
     """
     from medseglens_core.interventions.errors import LatentOutOfRange
@@ -91,7 +95,7 @@ async def create_intervention(
     sae = resident_sae(pool, body.sae_id, model)
     if sae is None:  # pragma: no cover - sae_id is required, so resident_sae returns one or raises
         raise ResourceNotFound(f"No SAE {body.sae_id!r}.")
-    spec = InterventionSpec(edits=body.edits)
+    spec = InterventionSpec(edits=body.edits, gate=body.gate)
     mask_volume = None
     if spec.needs_mask:
         if body.mask_volume_id is None:
@@ -102,9 +106,9 @@ async def create_intervention(
         if not mask_volume.has_label:
             raise MaskScopeUnsupported(f"Volume {mask_volume.id} has no label map to use as a mask.")
     d_sae = int(sae.obj.W_dec.shape[0])
-    for edit in spec.edits:
-        if edit.latent >= d_sae:
-            raise LatentOutOfRange(f"latent {edit.latent} does not exist: SAE {sae.id!r} has {d_sae} latents")
+    for latent in [e.latent for e in spec.edits] + (spec.gate.latents if spec.gate else []):
+        if latent >= d_sae:
+            raise LatentOutOfRange(f"latent {latent} does not exist: SAE {sae.id!r} has {d_sae} latents")
     reference = None
     if spec.reference_cohorts:
         store = CardStore(settings.zoo_dir, settings.data_dir / "cache", sae, model)
@@ -126,6 +130,8 @@ async def create_intervention(
             kind="intervention",
         )
         storage.publish(stage, dest)
+    if spec.gate is not None:
+        summary["gate"] = spec.gate.model_dump(mode="json")
     row = Intervention(
         id=item_id,
         volume_id=volume.id,

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medseglens_core.interventions.spec import Edit
+from medseglens_core.interventions.spec import Edit, Gate
 from service.schemas.segmentations import CATALOG_PATTERN, ID_PATTERN
 
 
@@ -25,6 +25,14 @@ class InterventionCreate(BaseModel):
     model_id: str = Field(pattern=CATALOG_PATTERN)
     sae_id: str = Field(pattern=CATALOG_PATTERN, description="An SAE trained on `model_id` (else 422).")
     edits: list[Edit] = Field(default_factory=list, max_length=256, description="Applied together.")
+    gate: Gate | None = Field(
+        default=None,
+        description=(
+            "Apply the edits only when sum_j weights[j] * log(rate_j + 1e-4) >= threshold, rate_j the "
+            "fraction of the volume's hook tokens where latent j fires (e.g. the `spec.gate` of a "
+            "blind recovery.json); otherwise the prediction is unchanged."
+        ),
+    )
     mask_volume_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
@@ -60,6 +68,9 @@ class InterventionOut(BaseModel):
     model_id: str
     sae_id: str
     edits: list[Edit]
+    gate: Gate | None = Field(default=None, description="The request's gate, if any.")
+    gate_score: float | None = Field(default=None, description="The gate's score on this volume.")
+    gate_open: bool | None = Field(default=None, description="Whether the edits applied (gate only).")
     baseline: RegionSummary
     edited: RegionSummary
     volume_change_ml: dict[str, float]

@@ -71,6 +71,23 @@ def test_empty_and_ablation_interventions(tmp_path):
         np.testing.assert_array_equal(np.asarray(mask.dataobj), core.edited_labels)
         assert client.get(f"/v1/interventions/{abl['id']}", headers=headers).json() == abl
 
+        # a gate: closed leaves the prediction alone, open applies the edits as without one
+        def gated(threshold, latents=(top,), weights=(1.0,)):
+            body = {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE,
+                    "edits": [{"latent": top, "op": "ablate"}],
+                    "gate": {"latents": list(latents), "weights": list(weights), "threshold": threshold}}  # fmt: skip
+            return client.post("/v1/interventions", json=body, headers=headers)
+
+        closed, opened = gated(1e9).json(), gated(-1e9).json()
+        assert closed["gate_open"] is False and closed["changed_voxels"] == 0 and closed["rerun_slices"] == 0
+        assert closed["gate"]["threshold"] == 1e9 and closed["edited"] == closed["baseline"]
+        assert opened["gate_open"] is True and opened["changed_voxels"] == core.changed_voxels
+        assert opened["gate_score"] == closed["gate_score"]  # log(firing rate + 1e-4) of `top`
+        assert np.log(1e-4) < opened["gate_score"] <= np.log(1 + 1e-4)
+        assert abl["gate"] is None and abl["gate_open"] is None
+        assert gated(0.0, latents=(D_SAE,)).json()["type"].endswith("/latent-out-of-range")
+        assert gated(0.0, weights=(1.0, 2.0)).status_code == 422
+
         # spec errors are 422 problems
         for edits, slug in (
             ([{"latent": 0, "op": "explode"}], "validation-error"),
