@@ -27,6 +27,9 @@ Protocols:
   ``calib_n`` (<= 5) target cases by id, with labels, and the first half of the source cases --
   as the best mean calibration Dice among specs whose mean source-calibration Dice change is
   >= ``-source_tolerance``; applied unchanged to the remaining target cases.
+* Both blind protocols attach a population gate (:mod:`.gate`, fitted on the calibration
+  scans' latent firing rates, no label) to every candidate spec unless ``config.gate`` is off:
+  the spec then edits only scans that look like the target cohort.
 * ``blind-unlabelled``: no label anywhere. Among the self-localising ``clamp-active`` specs,
   the one whose predicted region-to-core volume ratio on the calibration target cases comes
   closest to the source cohort's (from predictions), among those that keep the source
@@ -44,6 +47,7 @@ import numpy as np
 
 from medseglens_core.errors import InvalidInput
 from medseglens_core.interventions.batch import SliceScorer, score_specs
+from medseglens_core.interventions.gate import fit_gate, gate_report
 from medseglens_core.interventions.report import recovery_document
 from medseglens_core.interventions.search import (
     FamilyGrid,
@@ -81,6 +85,10 @@ class RecoveryConfig:
             fitted directions repaired the target but harmed the source beyond tolerance).
         steer_latents / steer_steps / steer_lr: the fit (see :func:`steer.fit_steering`).
         steer_alphas / steer_dilations: strengths and TC dilations tried for a fitted direction.
+        gate: blind protocols: fit a population gate (:mod:`.gate`) on the calibration scans'
+            latent firing rates and attach it to every candidate spec, so the chosen spec
+            leaves scans that look like the source cohort untouched.
+        gate_latents: latents the gate reads.
     """
 
     region: str = "SNFH"
@@ -109,6 +117,8 @@ class RecoveryConfig:
     steer_lr: float = 0.05
     steer_alphas: tuple[float, ...] = (1.0, 2.0, 3.0)
     steer_dilations: tuple[int, ...] = (4, 6, 8)
+    gate: bool = True
+    gate_latents: int = 8
 
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -216,6 +226,13 @@ def run_recovery(
     families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)
     ev = _Scores(sae, cfg.region, cfg.screen_stride)
     chosen: str | None = None
+    gfit = (
+        fit_gate(sae, calib_t, calib_s, n_latents=cfg.gate_latents)
+        if protocol != "oracle" and cfg.gate
+        else None
+    )
+    if gfit is not None and gfit.gate is not None:
+        families = [(n, s.model_copy(update={"gate": gfit.gate})) for n, s in families]
     if protocol == "oracle":
         rows, specs = _oracle(ev, families, evaluate, cfg, progress)
         changes = _oracle_source_change(ev, labelled_src, specs)
@@ -238,6 +255,8 @@ def run_recovery(
                     labelled_src, ev.evals, time.perf_counter() - t0)  # fmt: skip
     doc["source_dice_change_heldout"] = src_heldout
     doc["chosen_family"] = chosen
+    held_src = [i for i in src if id(i) not in {id(c) for c in calib_s}]
+    doc["gate"] = gate_report(sae, gfit, evaluate, held_src) if gfit is not None else None
     return doc
 
 

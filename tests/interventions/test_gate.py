@@ -1,0 +1,97 @@
+"""Population gates: the score's known value, closed = identity, fitting on planted cohorts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+from medseglens_core.interventions.apply import apply_spec, gate_score
+from medseglens_core.interventions.cache import PrefixCache
+from medseglens_core.interventions.errors import InvalidSpec, LatentOutOfRange
+from medseglens_core.interventions.gate import fit_gate, gate_opens
+from medseglens_core.interventions.search import VolumeItem
+from medseglens_core.interventions.spec import GATE_EPS, Edit, Gate, InterventionSpec, parse_spec
+from tests.interventions.fakes import IdentityPrepared, PlantedModel, identity_sae, planted_volume
+
+
+def _item(cohort: str, seed: int, marker: float) -> VolumeItem:
+    """A planted volume whose channel 3 (latent 3 of the identity SAE) is shifted by ``marker``:
+    a negative marker silences latent 3 everywhere, a positive one makes it fire on a fraction
+    of the tokens that grows with it (the noise decides the rest)."""
+    slices, label = planted_volume(0.5, seed)
+    slices[:, 3] += marker
+    cache = PrefixCache.build(PlantedModel(), IdentityPrepared(slices, label))
+    return VolumeItem(f"{cohort}-{seed:02d}", cohort, cache, label, (1.0, 1.0, 1.0))
+
+
+def test_gate_score_is_the_weighted_log_firing_rate() -> None:
+    item = _item("ssa", 1, 0.0)
+    slices = item.cache.prepared.slices
+    rate = (F.avg_pool2d(slices, 4) > 0).float().mean(dim=(0, 2, 3)).double()  # per channel
+    gate = Gate(latents=[3, 1], weights=[0.5, -2.0], threshold=0.0)
+    expected = 0.5 * math.log(rate[3] + GATE_EPS) - 2.0 * math.log(rate[1] + GATE_EPS)
+    assert 0.2 < rate[3] < 0.8 and 0.0 < rate[1] < 0.5  # both latents fire somewhere, not everywhere
+    assert gate_score(item.cache, identity_sae(), gate) == pytest.approx(expected, rel=1e-9)
+
+
+def test_closed_gate_is_the_identity_and_open_gate_changes_nothing_else() -> None:
+    item = _item("ssa", 2, 0.0)
+    sae = identity_sae()
+    edits = [Edit(latent=1, op="scale", value=0.0, scope="all")]
+    plain = apply_spec(item.cache, sae, InterventionSpec(edits=edits), label=item.label)
+    assert plain.changed_voxels > 0 and plain.gate_score is None
+    score = gate_score(item.cache, sae, Gate(latents=[3], weights=[1.0], threshold=0.0))
+    closed = apply_spec(
+        item.cache,
+        sae,
+        InterventionSpec(edits=edits, gate=Gate(latents=[3], weights=[1.0], threshold=score + 1e-6)),
+        label=item.label,
+    )
+    assert np.array_equal(closed.edited_labels, item.cache.baseline_labels)
+    assert closed.changed_voxels == 0 and closed.changed_tokens == 0 and closed.rerun_slices == 0
+    assert closed.gate_open is False and closed.edits[0].tokens_in_scope == 0
+    opened = apply_spec(
+        item.cache,
+        sae,
+        InterventionSpec(edits=edits, gate=Gate(latents=[3], weights=[1.0], threshold=score)),
+        label=item.label,
+    )
+    assert opened.gate_open is True and opened.gate_score == pytest.approx(score)
+    assert np.array_equal(opened.edited_labels, plain.edited_labels)
+
+
+def test_gate_rejects_bad_latents_and_mismatched_weights() -> None:
+    with pytest.raises(InvalidSpec, match="one weight per latent"):
+        parse_spec({"edits": [], "gate": {"latents": [1, 2], "weights": [1.0], "threshold": 0}})
+    item = _item("ssa", 3, 0.0)
+    spec = InterventionSpec(
+        edits=[Edit(latent=1, op="ablate")], gate=Gate(latents=[9], weights=[1.0], threshold=0)
+    )
+    with pytest.raises(LatentOutOfRange, match="gate latent 9"):
+        apply_spec(item.cache, identity_sae(), spec)
+
+
+def test_fit_gate_finds_the_marker_latent_and_generalises() -> None:
+    sae = identity_sae()
+    target = [_item("ssa", s, 0.001) for s in range(10, 15)]
+    source = [_item("adult", s, -0.05) for s in range(20, 28)]
+    fit = fit_gate(sae, target, source, n_latents=2)
+    assert fit.gate is not None and fit.margin > 0
+    assert fit.gate.latents[0] == 3 and fit.gate.weights[0] > 0  # fires more in the target
+    assert min(fit.target_scores) > fit.gate.threshold > max(fit.source_scores)
+    new_target = [_item("ssa", s, 0.001) for s in range(30, 34)]
+    new_source = [_item("adult", s, -0.05) for s in range(40, 44)]
+    assert gate_opens(new_target, sae, fit.gate) == [True] * 4
+    assert gate_opens(new_source, sae, fit.gate) == [False] * 4
+
+
+def test_fit_gate_gives_none_when_the_cohorts_overlap() -> None:
+    sae = identity_sae()
+    a = [_item("ssa", s, 0.0) for s in range(50, 54)]
+    b = [_item("adult", s, 0.0) for s in range(54, 58)]
+    fit = fit_gate(sae, a, b, n_latents=2)
+    assert fit.gate is None and fit.margin <= 0
+    assert gate_opens(a, sae, None) == [True] * 4
