@@ -12,9 +12,14 @@ The fit (:func:`fit_gate`) on per-volume log firing rates ``l_j = log(rate_j + G
    within both small groups cannot dominate);
 2. the ``n_latents`` latents with the largest ``|t_j|``, weights ``w_j = sign(t_j) / (s_j n)``
    (the score is the mean sign-aligned standardised log rate);
-3. threshold halfway between the lowest target score and the highest source score. When the
-   two groups overlap on the calibration scans there is no gate (None): the spec would then
-   have to be safe on the source without one.
+3. threshold halfway between the lowest target score and the highest source score.
+
+There is no gate (None) when the two groups overlap on the calibration scans, or when the fit
+does not generalise within them: refitted without each calibration scan in turn (leave one
+out), the gate must classify at least ``min_loo_accuracy`` (0.8) of the left-out scans
+correctly. A gate that fails this would open on source scans it has not seen (on the demo zoo:
+SegFormer stage 3, 4-8 errors of 13 scans; U-Net bottleneck, 1-2); the spec then has to be
+safe on the source without one (the blind protocol's harm check decides).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class GateFit:
     margin: float
     target_scores: list[float]
     source_scores: list[float]
+    loo_errors: int = 0
 
 
 def item_rates(item: VolumeItem, sae: Any) -> np.ndarray:
@@ -50,36 +56,56 @@ def item_rates(item: VolumeItem, sae: Any) -> np.ndarray:
     return firing_rates(item.cache, sae, item_codes(item.cache, sae)).numpy()
 
 
+def _fit(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float):
+    """``(pick, weights, target scores, source scores)`` on log rates ``(n, d_sae)``."""
+    ddof_t, ddof_s = (1 if len(lt) > 1 else 0), (1 if len(ls) > 1 else 0)
+    sd = np.maximum(np.sqrt((lt.var(axis=0, ddof=ddof_t) + ls.var(axis=0, ddof=ddof_s)) / 2), sd_floor)
+    t = (lt.mean(axis=0) - ls.mean(axis=0)) / sd
+    n = min(n_latents, t.size)
+    pick = np.argsort(-np.abs(t), kind="stable")[:n]
+    weights = np.sign(t[pick]) / (sd[pick] * n)
+    return pick, weights, (lt[:, pick] * weights).sum(axis=1), (ls[:, pick] * weights).sum(axis=1)
+
+
+def _loo_errors(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float) -> int:
+    """Calibration scans misclassified by the gate refitted without them."""
+    errors = 0
+    for group, rows in ((0, lt), (1, ls)):
+        for i in range(len(rows)):
+            rest = np.delete(rows, i, axis=0)
+            a, b = (rest, ls) if group == 0 else (lt, rest)
+            pick, w, st, ss = _fit(a, b, n_latents, sd_floor)
+            score = float((rows[i, pick] * w).sum())
+            threshold = (st.min() + ss.max()) / 2
+            errors += int((score >= threshold) != (group == 0))
+    return errors
+
+
 def fit_gate(
     sae: Any,
     target: Sequence[VolumeItem],
     source: Sequence[VolumeItem],
     *,
-    n_latents: int = 8,
+    n_latents: int = 32,
     sd_floor: float = 0.1,
+    min_loo_accuracy: float = 0.8,
 ) -> GateFit:
     """Fit a gate opening on ``target`` scans and closed on ``source`` scans (module docs)."""
-    if not target or not source:
+    if len(target) < 2 or len(source) < 2:
         return GateFit(None, float("nan"), [], [])
     lt = np.log(np.stack([item_rates(i, sae) for i in target]) + GATE_EPS)
     ls = np.log(np.stack([item_rates(i, sae) for i in source]) + GATE_EPS)
-    var = (lt.var(axis=0, ddof=1 if len(lt) > 1 else 0) + ls.var(axis=0, ddof=1 if len(ls) > 1 else 0)) / 2
-    sd = np.maximum(np.sqrt(var), sd_floor)
-    t = (lt.mean(axis=0) - ls.mean(axis=0)) / sd
-    n = min(n_latents, t.size)
-    pick = np.argsort(-np.abs(t), kind="stable")[:n]
-    weights = np.sign(t[pick]) / (sd[pick] * n)
-    st = (lt[:, pick] * weights).sum(axis=1)
-    ss = (ls[:, pick] * weights).sum(axis=1)
+    pick, weights, st, ss = _fit(lt, ls, n_latents, sd_floor)
     margin = float(st.min() - ss.max())
+    loo = _loo_errors(lt, ls, n_latents, sd_floor) if margin > 0 else 0
     gate = None
-    if margin > 0:
+    if margin > 0 and loo <= (1.0 - min_loo_accuracy) * (len(lt) + len(ls)):
         gate = Gate(
             latents=[int(j) for j in pick],
             weights=[float(w) for w in weights],
             threshold=float((st.min() + ss.max()) / 2),
         )
-    return GateFit(gate, margin, [float(v) for v in st], [float(v) for v in ss])
+    return GateFit(gate, margin, [float(v) for v in st], [float(v) for v in ss], loo)
 
 
 def gate_opens(items: Sequence[VolumeItem], sae: Any, gate: Gate | None) -> list[bool]:
@@ -96,6 +122,7 @@ def gate_report(
     return {
         "fitted": fit.gate is not None,
         "margin": fit.margin,
+        "leave_one_out_errors": fit.loo_errors,
         "calibration_target_scores": fit.target_scores,
         "calibration_source_scores": fit.source_scores,
         "opens_on_evaluated_target": sum(gate_opens(evaluated, sae, fit.gate)),

@@ -56,7 +56,7 @@ from medseglens_core.interventions.search import (
     rank_candidates,
     spec_families,
 )
-from medseglens_core.interventions.spec import InterventionSpec
+from medseglens_core.interventions.spec import Gate, InterventionSpec
 from medseglens_core.interventions.steer import fit_steering, pack, select_latents, steering_spec
 
 Protocol = Literal["oracle", "blind", "blind-unlabelled"]
@@ -118,7 +118,7 @@ class RecoveryConfig:
     steer_alphas: tuple[float, ...] = (1.0, 2.0, 3.0)
     steer_dilations: tuple[int, ...] = (4, 6, 8)
     gate: bool = True
-    gate_latents: int = 8
+    gate_latents: int = 32
 
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -231,8 +231,7 @@ def run_recovery(
         if protocol != "oracle" and cfg.gate
         else None
     )
-    if gfit is not None and gfit.gate is not None:
-        families = [(n, s.model_copy(update={"gate": gfit.gate})) for n, s in families]
+    gate = gfit.gate if gfit is not None else None
     if protocol == "oracle":
         rows, specs = _oracle(ev, families, evaluate, cfg, progress)
         changes = _oracle_source_change(ev, labelled_src, specs)
@@ -240,10 +239,10 @@ def run_recovery(
     else:
         if protocol == "blind":
             chosen, spec = _blind(
-                ev, families, calib_t, [i for i in calib_s if i.label is not None], cfg, progress
+                ev, families, calib_t, [i for i in calib_s if i.label is not None], gate, cfg, progress
             )
         else:
-            chosen, spec = _unlabelled(ev, families, calib_t, calib_s, src, cfg)
+            chosen, spec = _unlabelled(ev, _gated(families, gate), calib_t, calib_s, src, cfg)
         after = _dice_after(ev, evaluate, spec)
         rows = [_row(ev, item, spec, a, cfg) for item, a in zip(evaluate, after, strict=True)]
         src_change = float(ev.change(labelled_src, [spec])[0]) if spec.edits else 0.0
@@ -343,13 +342,20 @@ def _oracle_source_change(ev: _Scores, src: Sequence[VolumeItem], specs: Sequenc
     return float(np.sum(ev.change(src, real)) / len(specs))
 
 
-def _blind(ev: _Scores, families: Named, calib_t, calib_s, cfg: RecoveryConfig, progress: Progress):
-    """The best feasible spec on the calibration split: (family name, spec)."""
+def _gated(named: Named, gate: Gate | None) -> Named:
+    """The specs with ``gate`` attached (unchanged without one)."""
+    return named if gate is None else [(n, s.model_copy(update={"gate": gate})) for n, s in named]
+
+
+def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cfg: RecoveryConfig,
+           progress: Progress):  # fmt: skip
+    """The best feasible spec on the calibration split: (family name, spec). With a gate the
+    steering fit sees the target only (the gate keeps the source out); without, both."""
     named = list(families)
     if cfg.steer_blind:
-        named += _steer_candidates(
-            ev, [*calib_t, *calib_s], [1.0] * len(calib_t) + [1.0] * len(calib_s), False, cfg
-        )
+        fit_on = list(calib_t) if gate is not None else [*calib_t, *calib_s]
+        named += _steer_candidates(ev, fit_on, [1.0] * len(fit_on), False, cfg)
+    named = _gated(named, gate)
     specs = [s for _, s in named]
     gain = np.mean([ev.many(i, specs, screen=True) for i in calib_t], axis=0)
     safe = ev.harmless(calib_s, specs, cfg, screen=True)

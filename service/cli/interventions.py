@@ -103,8 +103,9 @@ def recover(
         Path | None,
         typer.Option(
             "--source-calibration",
-            help="Source-cohort case folders on which blind protocols check harm "
-            "(default: ZOO/data/val/<source> when present, else half of DATA/<source>).",
+            help="Source-cohort case folders on which blind protocols check harm and fit their gate "
+            "(default: ZOO/data/val/<source> and ZOO/data/test/<source>, cases the model never "
+            "trained on), besides the first half of DATA/<source>.",
         ),
     ] = None,
 ) -> None:
@@ -143,13 +144,16 @@ def recover(
     src_items = load_items(net, hook, src_paths, source, progress=progress)
     tgt_items = load_items(net, hook, tgt_paths, target, progress=progress)
     harm_items = None
-    harm_dir = source_calibration or Path(zoo) / "data" / "val" / source
-    if any(p != "oracle" for p in protocols) and harm_dir.is_dir():
+    harm_dirs = (
+        [source_calibration]
+        if source_calibration
+        else [Path(zoo) / "data" / split / source for split in ("val", "test")]
+    )
+    if any(p != "oracle" for p in protocols):
         from medseglens_core.io import find_cases
 
-        harm_paths = find_cases(harm_dir)
         taken = {p.name for p in src_paths}
-        harm_paths = [p for p in harm_paths if p.name not in taken]  # never the evaluated source cases
+        harm_paths = [p for d in harm_dirs if d.is_dir() for p in find_cases(d) if p.name not in taken]
         harm_items = load_items(net, hook, harm_paths, source, progress=progress) or None
     cfg = RecoveryConfig(region=region, threshold=threshold)
     docs = []
