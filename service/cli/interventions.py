@@ -136,6 +136,12 @@ def recover(
     if source == target:
         raise InvalidInput(f"target {target!r} is the model's training cohort; pick another cohort")
     src_paths, tgt_paths = cohort_cases(data, source), cohort_cases(data, target)
+    cfg = RecoveryConfig(region=region, threshold=threshold)
+    blind = [p for p in protocols if p != "oracle"]
+    if blind and len(tgt_paths) <= cfg.calib_n:  # fail before loading anything
+        raise InvalidInput(
+            f"{blind[0]} needs more than {cfg.calib_n} target cases (calibration + held-out); got {len(tgt_paths)}"
+        )
 
     def progress(event: dict) -> None:
         typer.echo("  " + " ".join(f"{k}={v}" for k, v in event.items()), err=True)
@@ -155,7 +161,6 @@ def recover(
         taken = {p.name for p in src_paths}
         harm_paths = [p for d in harm_dirs if d.is_dir() for p in find_cases(d) if p.name not in taken]
         harm_items = load_items(net, hook, harm_paths, source, progress=progress) or None
-    cfg = RecoveryConfig(region=region, threshold=threshold)
     docs = []
     for p in protocols:
         doc = run_recovery(
