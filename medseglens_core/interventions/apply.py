@@ -143,26 +143,37 @@ def _new_values(edit: Edit, z: torch.Tensor, reference_stats: Mapping[str, Any] 
     return torch.full_like(z, float(np.asarray(reference_stats[cohort])[edit.latent]))
 
 
-def firing_rates(cache: PrefixCache, sae: Any, codes: torch.Tensor | None = None) -> torch.Tensor:
-    """``(d_sae,)`` float64 fraction of the volume's hook tokens where each latent is active.
+def brain_tokens(cache: PrefixCache) -> np.ndarray | None:
+    """Token mask ``(Z*h*w,)`` of cells holding brain (the prepared case's ``brain_mask``), or
+    None when the prepared object has no brain mask (then every token counts)."""
+    brain = getattr(cache.prepared, "brain_mask", None)
+    return None if brain is None else cache.voxels_to_tokens(np.asarray(brain, dtype=bool))
 
-    ``codes``: the volume's precomputed codes ``(Z*h*w, d_sae)``; without them every token is
-    encoded (chunked). The rates are kept on the cache for the same codes (or SAE) object.
+
+def firing_rates(cache: PrefixCache, sae: Any, codes: torch.Tensor | None = None) -> torch.Tensor:
+    """``(d_sae,)`` float64 fraction of the volume's brain tokens (:func:`brain_tokens`) where
+    each latent is active.
+
+    ``codes``: the volume's precomputed codes ``(Z*h*w, d_sae)``; without them the brain tokens
+    are encoded (chunked). The rates are kept on the cache for the same codes (or SAE) object.
     """
     key = codes if codes is not None else sae
     kept = getattr(cache, "_gate_rates", None)
     if kept is not None and kept[0] is key:
         return kept[1]
+    mask = brain_tokens(cache)
+    idx = torch.from_numpy(np.flatnonzero(mask) if mask is not None else np.arange(cache.n_tokens))
     with torch.no_grad():
         if codes is not None:
-            active = (codes > 0).sum(dim=0)
+            active = (codes[idx.to(codes.device)] > 0).sum(dim=0).cpu()
         else:
             tokens = cache.tokens()
             active = torch.zeros(int(sae.W_dec.shape[0]), dtype=torch.int64)
-            for i in range(0, tokens.shape[0], 8192):
-                z = sae.encode(tokens[i : i + 8192].to(sae.W_dec.device, sae.W_dec.dtype))
+            for i in range(0, len(idx), 8192):
+                rows = tokens[idx[i : i + 8192].to(tokens.device)]
+                z = sae.encode(rows.to(sae.W_dec.device, sae.W_dec.dtype))
                 active += (z > 0).sum(dim=0).cpu()
-    rates = active.cpu().double() / max(cache.n_tokens, 1)
+    rates = active.double() / max(len(idx), 1)
     cache._gate_rates = (key, rates)  # type: ignore[attr-defined]
     return rates
 

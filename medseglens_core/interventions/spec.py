@@ -28,7 +28,8 @@ mapped per axial slice onto the hook grid, a token being in scope when any voxel
 * ``slices``: ``[z0, z1]`` axial slice indices on the case grid, end exclusive.
 
 An optional :class:`Gate` makes the whole spec conditional on the volume: its score is a
-weighted sum of the log firing rates of some latents over all the volume's hook tokens,
+weighted sum of the log firing rates of some latents over the volume's brain tokens (hook cells
+holding any brain voxel of the prepared case's brain mask),
 
     score = sum_j weights[j] * log(rate_j + GATE_EPS),   rate_j = #{t : z[t, j] > 0} / #tokens
 

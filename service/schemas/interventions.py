@@ -29,8 +29,8 @@ class InterventionCreate(BaseModel):
         default=None,
         description=(
             "Apply the edits only when sum_j weights[j] * log(rate_j + 1e-4) >= threshold, rate_j the "
-            "fraction of the volume's hook tokens where latent j fires (e.g. the `spec.gate` of a "
-            "blind recovery.json); otherwise the prediction is unchanged."
+            "fraction of the volume's brain tokens (hook cells holding brain) where latent j fires, "
+            "e.g. the `spec.gate` of a blind recovery.json; otherwise the prediction is unchanged."
         ),
     )
     mask_volume_id: str | None = Field(

@@ -37,6 +37,19 @@ def test_gate_score_is_the_weighted_log_firing_rate() -> None:
     assert gate_score(item.cache, identity_sae(), gate) == pytest.approx(expected, rel=1e-9)
 
 
+def test_gate_rates_count_brain_tokens_only() -> None:
+    """With a brain mask on the prepared case, rates are over the cells holding brain."""
+    item = _item("ssa", 4, 0.0)
+    slices = item.cache.prepared.slices
+    brain = np.zeros((16, 16, slices.shape[0]), dtype=bool)
+    brain[:8, :, :] = True  # the first two rows of 4x4 cells
+    item.cache.prepared.brain_mask = brain
+    pooled = F.avg_pool2d(slices, 4)[:, :, :2, :]  # (Z, C, 2, 4): the brain cells
+    rate = (pooled > 0).float().mean(dim=(0, 2, 3)).double()
+    gate = Gate(latents=[3], weights=[1.0], threshold=0.0)
+    assert gate_score(item.cache, identity_sae(), gate) == pytest.approx(math.log(rate[3] + GATE_EPS))
+
+
 def test_closed_gate_is_the_identity_and_open_gate_changes_nothing_else() -> None:
     item = _item("ssa", 2, 0.0)
     sae = identity_sae()
