@@ -4,6 +4,9 @@ A hook activation ``h`` has shape ``(B, C, h, w)``; each spatial position is one
 (``h.permute(0, 2, 3, 1).reshape(-1, C)``, see docs/ARCHITECTURE.md). Latent maps are the SAE
 codes put back on that grid: ``(B, d_sae, h, w)``.
 
+:func:`encode_fast` encodes in float32 arithmetic (for ranking many tokens x latents quickly);
+:func:`exact_columns` then gives the exact ``sae.encode`` codes of the few latents shown.
+
 Token masks say which tokens count as "brain" (statistics are taken over brain tokens only, so
 a latent that fires on the empty background around the head does not dilute or inflate the
 per-case numbers). Token region fractions ``(B, 4, h, w)`` give, for each token, the fraction
@@ -69,6 +72,48 @@ def encode_maps(sae: SAELike, h: torch.Tensor, chunk_tokens: int = 65536) -> tor
     return from_tokens(torch.cat(codes, dim=0).float(), b, hh, ww)
 
 
+def masked_tokens(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Tokens of ``h (B, C, h, w)`` where ``mask (B, h, w)`` is True: ``(n_true, C)`` float32, :func:`to_tokens` order."""
+    return to_tokens(h.float())[mask.reshape(-1).to(h.device)]
+
+
+@torch.no_grad()
+def encode_fast(sae: SAELike, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Codes of ``tokens (N, d_in)`` in float32 arithmetic: ``(codes (N, d_sae), pre-activations | None)``.
+
+    For a :class:`~medseglens_core.sae.base.SAE` this is ``SAE.pre_acts``'s formula and the SAE's
+    own activation with a float32 matmul instead of float64 (about 2.5x faster on the CPU): codes
+    differ from ``sae.encode`` by float32 rounding (~1e-6 relative), and a pre-activation that
+    close to a JumpReLU threshold may land on the other side. Use it to rank latents; take the
+    codes that are shown from :func:`exact_columns`. Other SAEs are encoded exactly (pre is None).
+    """
+    from medseglens_core.sae.base import SAE
+
+    if not isinstance(sae, SAE):
+        return sae.encode(tokens).float(), None
+    x = tokens.to(sae.W_enc.device, torch.float32) * sae.scale - sae.b_dec
+    pre = torch.addmm(sae.b_enc, x, sae.W_enc)
+    return sae.activation(pre), pre
+
+
+@torch.no_grad()
+def exact_columns(sae: SAELike, tokens: torch.Tensor, pre: torch.Tensor, latents: list[int]) -> torch.Tensor:
+    """``sae.encode(tokens)[:, latents]`` given :func:`encode_fast`'s float32 pre-activations ``pre``.
+
+    ``pre`` is overwritten (its ``latents`` columns become exact).
+
+    Only the ``latents`` columns are recomputed in float64 (as ``SAE.pre_acts`` does); the
+    activation then sees the full row, so per-token activations (JumpReLU, ReLU) give exactly the
+    columns of ``sae.encode``; a TopK row takes its membership from the mixed row (it can differ
+    only for a pre-activation tied with the k-th to float32 precision).
+    """
+    cols = torch.as_tensor(latents, dtype=torch.long, device=pre.device)
+    x = tokens.to(pre.device, torch.float64) * sae.scale - sae.b_dec.double()
+    exact = torch.addmm(sae.b_enc[cols].double(), x, sae.W_enc[:, cols].double()).float()
+    pre[:, cols] = exact
+    return sae.activation(pre)[:, cols]
+
+
 def resolve_hook(model: ModelLike, hook: str | None, card: dict | None = None) -> str:
     """The hook to read: explicit ``hook``, else the card's ``hook``/``default_hook``, else the model's."""
     if hook:
@@ -97,7 +142,12 @@ def brain_token_mask(brain: torch.Tensor, hw: tuple[int, int], min_fraction: flo
 
     A token counts as brain when at least ``min_fraction`` of its patch is brain (area pooling).
     """
-    frac = F.adaptive_avg_pool2d(brain.float()[:, None], hw)[:, 0]
+    z, hh, ww = brain.shape
+    if hh % hw[0] == 0 and ww % hw[1] == 0:  # equal patches: a plain mean (same values, ~3x faster)
+        patches = brain.reshape(z, hw[0], hh // hw[0], hw[1], ww // hw[1]).float()
+        frac = patches.sum(dim=(2, 4)) / float(patches.shape[2] * patches.shape[4])
+    else:
+        frac = F.adaptive_avg_pool2d(brain.float()[:, None], hw)[:, 0]
     return frac >= min_fraction
 
 
@@ -107,7 +157,9 @@ def input_brain_mask(slices: torch.Tensor) -> torch.Tensor:
     Used only when the prepared case carries no model-grid brain mask; preprocessing z-scores
     inside the brain and leaves zeros outside, so non-zero input marks the brain.
     """
-    return slices.abs().sum(dim=1) > 0
+    if slices.device.type == "cpu":  # numpy's reduction is ~4x faster than torch's here
+        return torch.from_numpy(np.any(slices.detach().numpy() != 0, axis=1))
+    return (slices != 0).any(dim=1)
 
 
 def region_fractions(label_slices: torch.Tensor, brain: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -2,7 +2,10 @@
 
 Designed so the caller runs the network ONCE: segmentation computes ``model.run_prefix`` per
 slice batch anyway, so it passes the hook activations here (:func:`summarise_latents`); this
-module only encodes them with the SAE and upsamples the few selected latents to the case grid.
+module only encodes the brain tokens with the SAE, ranks the latents on the token grid, and
+measures the few selected latents without upsampling them (``analysis.latent_cells``: exact
+sums from per-(slice, token cell, firing pattern) tables). Full-resolution maps are made only on
+request (:meth:`VolumeLatents.latent_map`, :meth:`VolumeLatents.write_latent_map`).
 
 Definitions (all on the case's RAS grid, after ``PreparedCase.to_case_grid``):
 
@@ -17,6 +20,13 @@ Definitions (all on the case's RAS grid, after ``PreparedCase.to_case_grid``):
   indices; ``centroid_mm``: the same through the case's RAS affine (mm), when given.
 - overlap with a region R (predicted and, when present, ground truth NCR/SNFH/ET):
   ``iou = |A & R| / |A | R|``, ``precision = |A & R| / |A|`` (0 when undefined).
+
+Precision: latents are ranked, and ``total_activation`` / ``tumour_activation`` reported, from
+codes encoded with float32 arithmetic (``encode.encode_fast``; ~1e-6 relative to ``sae.encode``).
+The selected latents' token maps, and so every per-voxel statistic and latent map, use the exact
+codes of ``sae.encode`` -- the ones the service's latent maps and interventions show. Voxel counts
+and overlaps are exact; ``max_activation`` is the upsampled map's own float32 value; sums
+behind ``mean_activation`` and the centroid are float32 tables (~1e-6 relative).
 """
 
 from __future__ import annotations
@@ -30,7 +40,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseglens_core.analysis.encode import SAELike, encode_maps, input_brain_mask
+from medseglens_core.analysis.encode import (
+    SAELike,
+    brain_token_mask,
+    encode_fast,
+    exact_columns,
+    input_brain_mask,
+    masked_tokens,
+)
+from medseglens_core.analysis.latent_cells import active_max, case_blocks, cell_geometry, latent_sums
 from medseglens_core.errors import InvalidInput, NotFound
 
 LABEL_NAMES = {1: "NCR", 2: "SNFH", 3: "ET"}
@@ -104,18 +122,38 @@ def labels_to_slice_grid(prepared: Any, labels: np.ndarray) -> torch.Tensor:
     return F.interpolate(lab, size=size, mode="nearest-exact")[:, 0].to(torch.uint8)
 
 
-def _overlap(active: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    n_active = int(active.sum())
-    out = {}
-    for lab, name in LABEL_NAMES.items():
-        region = labels == lab
-        inter = int((active & region).sum())
-        union = int((active | region).sum())
-        out[name] = {
-            "iou": inter / union if union else 0.0,
-            "precision": inter / n_active if n_active else 0.0,
-        }
-    return out
+def _pool_matrix(n_tok: int, size: int, n_pad: int, start: int, length: int) -> torch.Tensor:
+    """``(n_tok, length)``: weight of crop row ``i`` in token ``a`` along one axis of the label path.
+
+    Composes the label path's nearest-exact resize (padded ``n_pad`` -> model ``size``) with
+    ``adaptive_avg_pool2d`` (``size`` -> ``n_tok``): ``G[a, i]`` = (model pixels of bin ``a`` that
+    read crop row ``i``) / (bin size). Padding rows read nothing.
+    """
+    src = F.interpolate(torch.arange(n_pad, dtype=torch.float32)[None, None], size=size, mode="nearest-exact")
+    src = src[0, 0].long() - start
+    g = torch.zeros(n_tok, length)
+    for a in range(n_tok):
+        lo, hi = (a * size) // n_tok, -((-(a + 1) * size) // n_tok)  # adaptive pooling bin
+        rows = src[lo:hi]
+        rows = rows[(rows >= 0) & (rows < length)]
+        g[a].index_add_(0, rows, torch.full((len(rows),), 1.0 / (hi - lo)))
+    return g
+
+
+def token_tumour_fraction(prepared: Any, labels: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    """``(Z', h, w)`` fraction of each token's model-grid patch with case-grid ``labels > 0``.
+
+    Equals ``adaptive_avg_pool2d(labels_to_slice_grid(prepared, labels) > 0, hw)``, computed
+    from the crop box with two small matmuls (both are averages of 0/1 over the same pixels).
+    """
+    rec = prepared.record
+    x0, x1, y0, y1, z0, z1 = rec.crop
+    size = rec.input_size
+    gx = _pool_matrix(hw[0], size, rec.padded_shape[0], rec.pad[0], x1 - x0)  # (h, cx)
+    gy = _pool_matrix(hw[1], size, rec.padded_shape[1], rec.pad[2], y1 - y0)  # (w, cy)
+    tumour = torch.from_numpy((labels[x0:x1, y0:y1, z0:z1] > 0).astype(np.float32))  # (cx, cy, Z')
+    rows = (gx @ tumour.reshape(x1 - x0, -1)).view(hw[0], y1 - y0, z1 - z0)  # (h, cy, Z')
+    return torch.einsum("bj,ajz->zab", gy, rows)
 
 
 def _rank(values: torch.Tensor, top_k: int) -> list[int]:
@@ -149,78 +187,110 @@ def summarise_latents(
     n_slices = len(prepared.z_indices)
     if h.ndim != 4 or h.shape[0] != n_slices:
         raise InvalidInput(f"prefix activations must be (Z'={n_slices}, C, h, w); got {tuple(h.shape)}")
-    maps = encode_maps(sae, h)  # (Z', d, h, w)
-    hw = tuple(maps.shape[-2:])
-    brain_px = input_brain_mask(torch.as_tensor(prepared.slices))
-    token_brain = F.adaptive_avg_pool2d(brain_px.float()[:, None], hw)[:, 0] >= 0.5
+    hw = (int(h.shape[2]), int(h.shape[3]))
+    token_brain = brain_token_mask(input_brain_mask(torch.as_tensor(prepared.slices)), hw)
+    with torch.no_grad():
+        tokens = masked_tokens(h, token_brain)  # only brain tokens count
+        codes, pre = encode_fast(sae, tokens)  # (brain tokens, d_sae) float32
+        codes = codes.cpu()
     pred = np.asarray(labels_pred)
-    pred_slices = (
-        labels_to_slice_grid(prepared, pred)
-        if pred.shape == tuple(prepared.record.case_shape)
-        else (torch.as_tensor(pred))
-    )
-    pred_case = (
-        pred if pred.shape == tuple(prepared.record.case_shape) else prepared.labels_to_case_grid(pred)
-    )
-    tumour_frac = F.adaptive_avg_pool2d((pred_slices > 0).float()[:, None], hw)[:, 0]
-    masked = maps * token_brain[:, None]
-    total = masked.sum(dim=(0, 2, 3))
-    tumour = (masked * tumour_frac[:, None]).sum(dim=(0, 2, 3))
+    on_case_grid = pred.shape == tuple(prepared.record.case_shape)
+    if on_case_grid:
+        pred_case, tumour_frac = pred, token_tumour_fraction(prepared, pred, hw)
+    else:
+        pred_case = prepared.labels_to_case_grid(pred)
+        tumour_frac = F.adaptive_avg_pool2d((torch.as_tensor(pred) > 0).float()[:, None], hw)[:, 0]
+    weights = torch.stack([torch.ones(codes.shape[0]), tumour_frac[token_brain]])  # (2, brain tokens)
+    total, tumour = (weights @ codes).unbind(0)  # (d_sae,) each, float32 sums as on the token maps
     top_total, top_tumour = _rank(total, top_k), _rank(tumour, top_k)
     selected = sorted(set(top_total) | set(top_tumour))
+    tok = torch.zeros(len(selected), token_brain.numel())
+    if selected:
+        shown = codes[:, selected] if pre is None else exact_columns(sae, tokens, pre, selected).cpu()
+        tok[:, token_brain.reshape(-1)] = shown.T
+    tok = tok.view(len(selected), n_slices, *hw)
     brain = np.asarray(prepared.brain_mask, dtype=bool)
-    result = VolumeLatents(
-        top_total, top_tumour, {}, {j: masked[:, j].clone() for j in selected}, prepared, brain
-    )
-    for c in range(0, len(selected), 4):  # 4 latents (value + activity channels) per resampling call
-        chunk = selected[c : c + 4]
-        stack = torch.stack(
-            [result.token_maps[j] for j in chunk] + [(result.token_maps[j] > 0).float() for j in chunk], 1
-        )
-        grid = prepared.to_case_grid(stack)
-        for i, j in enumerate(chunk):
-            active = (grid[len(chunk) + i] >= 0.5) & brain
-            value = grid[i]
-            value[~brain] = 0.0
-            result.stats[j] = _latent_stat(
-                j, float(total[j]), float(tumour[j]), active, value, pred_case, label_gt, affine
-            )
-    return result
+    stats = _voxel_stats(selected, tok, prepared, brain, pred_case, label_gt, affine)
+    for j in selected:
+        stats[j].total_activation, stats[j].tumour_activation = float(total[j]), float(tumour[j])
+    token_maps = {j: tok[i] for i, j in enumerate(selected)}
+    return VolumeLatents(top_total, top_tumour, stats, token_maps, prepared, brain)
 
 
-def _latent_stat(
-    j: int,
-    total: float,
-    tumour: float,
-    active: np.ndarray,
-    value: np.ndarray,
+def _count_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as uint8 with anything outside 1..3 counted as background."""
+    labels = np.asarray(labels)
+    if labels.dtype == np.uint8 and (labels.size == 0 or labels.max() <= 3):
+        return labels
+    return np.where((labels >= 1) & (labels <= 3), labels, 0).astype(np.uint8)
+
+
+def _voxel_stats(
+    selected: list[int],
+    tok: torch.Tensor,
+    prepared: Any,
+    brain: np.ndarray,
     pred: np.ndarray,
     gt: np.ndarray | None,
     affine: np.ndarray | None,
-) -> LatentStat:
-    n = int(active.sum())
+) -> dict[int, LatentStat]:
+    """:class:`LatentStat` (activation totals left 0) of latents with token maps ``tok (S, Z', h, w)``."""
+    if not selected:
+        return {}
+    rec = prepared.record
+    x0, x1, y0, y1, z0, z1 = rec.crop
+    box = (slice(x0, x1), slice(y0, y1), slice(z0, z1))
+    pred = _count_labels(pred)
+    gt = _count_labels(gt) if gt is not None else None
+    geom = cell_geometry(rec, (tok.shape[2], tok.shape[3]))
+    blocks = case_blocks(geom, brain[box], pred[box], gt[box] if gt is not None else None)
+    counts, value = latent_sums(blocks, tok.flatten(2))  # (S, Z', 7), (S, Z', 3)
+    brain_slices = torch.from_numpy(np.ascontiguousarray(brain[box].transpose(2, 0, 1)))
+    vmax = active_max(tok, brain_slices, counts[..., 0] > 0, rec)
+    n = counts[..., 0].sum(1).round().long()
+    inter = counts[..., 1:].sum(1).round().long()  # (S, 6): pred NCR/SNFH/ET, GT NCR/SNFH/ET
+    z = torch.arange(z0, z1, dtype=torch.float64)
+    moments = torch.cat([value.sum(1), (value[..., :1] * z[:, None]).sum(1)], 1)  # sum v, v*x, v*y, v*z
+    size_pred = [int(np.count_nonzero(pred == lab)) for lab in LABEL_NAMES]
+    size_gt = [int(np.count_nonzero(gt == lab)) for lab in LABEL_NAMES] if gt is not None else None
+    stats = {}
+    for i, j in enumerate(selected):
+        stats[j] = _latent_stat(j, int(n[i]), moments[i].tolist(), float(vmax[i]), affine)
+        stats[j].overlap_pred = _overlap(int(n[i]), inter[i, :3].tolist(), size_pred)
+        if size_gt is not None:
+            stats[j].overlap_gt = _overlap(int(n[i]), inter[i, 3:].tolist(), size_gt)
+    return stats
+
+
+def _overlap(n_active: int, inter: list[int], sizes: list[int]) -> dict[str, dict[str, float]]:
+    """IoU and precision of ``n_active`` voxels against the regions of ``LABEL_NAMES``."""
+    out = {}
+    for name, i, size in zip(LABEL_NAMES.values(), inter, sizes, strict=True):
+        union = n_active + size - i
+        out[name] = {"iou": i / union if union else 0.0, "precision": i / n_active if n_active else 0.0}
+    return out
+
+
+def _latent_stat(j: int, n: int, moments: list[float], vmax: float, affine: np.ndarray | None) -> LatentStat:
+    """Max, mean and centroid from the sums over the active voxels (``moments``: sum v, v*x, v*y, v*z)."""
     centroid_vox = centroid_mm = None
-    vmax = vmean = 0.0
+    vmean = 0.0
     if n:
-        w = value[active].astype(np.float64)
-        vmax, vmean = float(w.max()), float(w.mean())
-        idx = np.argwhere(active).astype(np.float64)
-        weights = np.maximum(w, 0) + 1e-12
-        c = (idx * weights[:, None]).sum(axis=0) / weights.sum()
-        centroid_vox = [float(v) for v in c]
-        if affine is not None:
-            centroid_mm = [float(v) for v in (np.asarray(affine) @ np.append(c, 1.0))[:3]]
+        vmean = moments[0] / n
+        if moments[0] > 0:
+            c = np.asarray(moments[1:]) / moments[0]
+            centroid_vox = [float(v) for v in c]
+            if affine is not None:
+                centroid_mm = [float(v) for v in (np.asarray(affine) @ np.append(c, 1.0))[:3]]
     return LatentStat(
         latent=j,
-        total_activation=total,
-        tumour_activation=tumour,
-        max_activation=vmax,
+        total_activation=0.0,
+        tumour_activation=0.0,
+        max_activation=vmax if n else 0.0,
         mean_activation=vmean,
         active_voxels=n,
         centroid_voxel=centroid_vox,
         centroid_mm=centroid_mm,
-        overlap_pred=_overlap(active, pred),
-        overlap_gt=_overlap(active, np.asarray(gt)) if gt is not None else None,
     )
 
 
@@ -229,19 +299,24 @@ def analyse_case(
 ) -> tuple[np.ndarray, VolumeLatents]:
     """Segment ``case`` and summarise its latents with ONE network pass.
 
-    Returns ``(labels (X, Y, Z) uint8 on the case grid, VolumeLatents)``.
+    Returns ``(labels (X, Y, Z) uint8 on the case grid, VolumeLatents)``; the labels are those of
+    ``models.inference.segment_case`` (same softmax, same mapping back to the case grid).
     """
     from medseglens_core.data.preprocess import prepare_case
+    from medseglens_core.models.inference import probs_to_labels
 
     prepared = prepare_case(case, input_size)
-    hs, logits = [], []
-    with torch.no_grad():
-        for i in range(0, prepared.slices.shape[0], batch_size):
-            p = model.run_prefix(prepared.slices[i : i + batch_size], hook)
+    slices = prepared.slices
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    hs, probs = [], None
+    with torch.inference_mode():
+        for i in range(0, slices.shape[0], batch_size):
+            p = model.run_prefix(slices[i : i + batch_size].to(device), hook)
             hs.append(p.h)
-            logits.append(model.run_suffix(p, p.h).softmax(dim=1))
-    probs = prepared.to_case_grid(torch.cat(logits))
-    probs[0][~np.asarray(prepared.brain_mask, dtype=bool)] = np.inf  # background outside the brain
-    labels = probs.argmax(axis=0).astype(np.uint8)
+            out = torch.softmax(model.run_suffix(p, p.h).float(), dim=1).cpu()
+            if probs is None:
+                probs = torch.empty((slices.shape[0], *out.shape[1:]), dtype=torch.float32)
+            probs[i : i + out.shape[0]] = out
+    labels, _ = probs_to_labels(prepared, probs)
     summary = summarise_latents(sae, hs, prepared, labels, case.label, top_k, affine=case.geometry.affine)
     return labels, summary
