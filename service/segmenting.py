@@ -204,6 +204,7 @@ def intervene(
     reference_stats: dict[str, np.ndarray] | None,
     out_dir: Path,
     mask_volume: Volume | None = None,
+    gate_sae: Resident | None = None,
 ) -> dict[str, Any]:
     """Apply ``spec`` (``interventions.spec.InterventionSpec``) to the volume's cached prefix.
 
@@ -229,6 +230,7 @@ def intervene(
         spacing=entry.spacing,
         mask=mask,
         reference_stats=reference_stats,
+        gate_sae=gate_sae.obj if gate_sae is not None else None,
     )
     timings["edit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

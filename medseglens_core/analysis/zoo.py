@@ -70,7 +70,8 @@ def discover_zoo(zoo_dir: Path | str) -> list[ZooEntry]:
         card = _read_json(d / "card.json")
         model_id = str(card.get("id", d.name))
         found = saes.get(model_id, []) + (saes.get(d.name, []) if d.name != model_id else [])
-        main = [s for s in found if not isinstance(s[2].get("cohort"), str)]
+        # per-cohort SAEs and gate-only SAEs (role "gate", read by population gates) are not main
+        main = [s for s in found if not isinstance(s[2].get("cohort"), str) and s[2].get("role") != "gate"]
         if not main:
             continue
         per_cohort = {str(s[2]["cohort"]): s[1] for s in found if isinstance(s[2].get("cohort"), str)}

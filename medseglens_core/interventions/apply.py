@@ -23,7 +23,12 @@ import torch
 from scipy import ndimage
 
 from medseglens_core.interventions.cache import PrefixCache, slice_labels, slice_z
-from medseglens_core.interventions.errors import LatentOutOfRange, MissingMask, MissingReference
+from medseglens_core.interventions.errors import (
+    LatentOutOfRange,
+    MissingGateSAE,
+    MissingMask,
+    MissingReference,
+)
 from medseglens_core.interventions.spec import GATE_EPS, Edit, Gate, InterventionSpec
 from medseglens_core.metrics import LABELS, REGIONS, dice, region_volumes_ml
 
@@ -143,48 +148,74 @@ def _new_values(edit: Edit, z: torch.Tensor, reference_stats: Mapping[str, Any] 
     return torch.full_like(z, float(np.asarray(reference_stats[cohort])[edit.latent]))
 
 
-def brain_tokens(cache: PrefixCache) -> np.ndarray | None:
-    """Token mask ``(Z*h*w,)`` of cells holding brain (the prepared case's ``brain_mask``), or
-    None when the prepared object has no brain mask (then every token counts)."""
-    brain = getattr(cache.prepared, "brain_mask", None)
-    return None if brain is None else cache.voxels_to_tokens(np.asarray(brain, dtype=bool))
+def brain_tokens(prepared: Any, token_of_voxel: np.ndarray, n_tokens: int) -> np.ndarray | None:
+    """Token mask ``(n_tokens,)`` of hook cells holding brain (the prepared case's
+    ``brain_mask``) given a voxel->token map, or None when the prepared object has no brain mask
+    (then every token counts)."""
+    brain = getattr(prepared, "brain_mask", None)
+    if brain is None:
+        return None
+    out = np.zeros(n_tokens, dtype=bool)
+    idx = token_of_voxel[np.asarray(brain, dtype=bool) & (token_of_voxel >= 0)]
+    out[idx] = True
+    return out
 
 
-def firing_rates(cache: PrefixCache, sae: Any, codes: torch.Tensor | None = None) -> torch.Tensor:
+def firing_rates(
+    cache: PrefixCache, sae: Any, codes: torch.Tensor | None = None, hook: str | None = None
+) -> torch.Tensor:
     """``(d_sae,)`` float64 fraction of the volume's brain tokens (:func:`brain_tokens`) where
-    each latent is active.
+    each latent of ``sae`` is active, at ``hook`` (default: the cache's hook).
 
-    ``codes``: the volume's precomputed codes ``(Z*h*w, d_sae)``; without them the brain tokens
-    are encoded (chunked). The rates are kept on the cache for the same codes (or SAE) object.
+    ``codes``: the volume's precomputed codes at the cache's hook ``(Z*h*w, d_sae)``; without
+    them the brain tokens are encoded (chunked). Rates are kept on the cache per codes (or SAE)
+    object and hook.
     """
-    key = codes if codes is not None else sae
-    kept = getattr(cache, "_gate_rates", None)
-    if kept is not None and kept[0] is key:
-        return kept[1]
-    mask = brain_tokens(cache)
-    idx = torch.from_numpy(np.flatnonzero(mask) if mask is not None else np.arange(cache.n_tokens))
+    hook = hook or cache.hook
+    codes = codes if hook == cache.hook else None
+    key = (codes if codes is not None else sae, hook)
+    kept = cache.__dict__.setdefault("_gate_rates", [])
+    for k, rates in kept:
+        if k[0] is key[0] and k[1] == hook:
+            return rates
+    tokens, token_of_voxel = cache.tokens_at(hook)
+    mask = brain_tokens(cache.prepared, token_of_voxel, tokens.shape[0])
+    idx = torch.from_numpy(np.flatnonzero(mask) if mask is not None else np.arange(tokens.shape[0]))
     with torch.no_grad():
         if codes is not None:
             active = (codes[idx.to(codes.device)] > 0).sum(dim=0).cpu()
         else:
-            tokens = cache.tokens()
             active = torch.zeros(int(sae.W_dec.shape[0]), dtype=torch.int64)
             for i in range(0, len(idx), 8192):
                 rows = tokens[idx[i : i + 8192].to(tokens.device)]
                 z = sae.encode(rows.to(sae.W_dec.device, sae.W_dec.dtype))
                 active += (z > 0).sum(dim=0).cpu()
     rates = active.double() / max(len(idx), 1)
-    cache._gate_rates = (key, rates)  # type: ignore[attr-defined]
+    kept.append((key, rates))
+    del kept[:-4]  # a few SAEs/hooks at most per volume
     return rates
 
 
-def gate_score(cache: PrefixCache, sae: Any, gate: Gate, codes: torch.Tensor | None = None) -> float:
-    """The gate's score on this volume: ``sum_j w_j log(rate_j + GATE_EPS)`` (spec module docs)."""
-    d_sae = int(sae.W_dec.shape[0])
+def gate_score(
+    cache: PrefixCache,
+    sae: Any,
+    gate: Gate,
+    codes: torch.Tensor | None = None,
+    gate_sae: Any | None = None,
+) -> float:
+    """The gate's score on this volume: ``sum_j w_j log(rate_j + GATE_EPS)`` (spec module docs).
+
+    The latents are ``gate_sae``'s when the gate reads another hook (``gate.hook``), else ``sae``'s.
+    """
+    other = gate.hook is not None and gate.hook != cache.hook
+    if other and gate_sae is None:
+        raise MissingGateSAE(f"the gate reads hook {gate.hook!r}: pass that hook's SAE (gate_sae)")
+    reader = gate_sae if other else sae
+    d_sae = int(reader.W_dec.shape[0])
     bad = [j for j in gate.latents if j >= d_sae]
     if bad:
-        raise LatentOutOfRange(f"gate latent {bad[0]} does not exist: the SAE has {d_sae} latents")
-    rates = firing_rates(cache, sae, codes)[gate.latents]
+        raise LatentOutOfRange(f"gate latent {bad[0]} does not exist: the gate's SAE has {d_sae} latents")
+    rates = firing_rates(cache, reader, None if other else codes, gate.hook)[gate.latents]
     w = torch.tensor(gate.weights, dtype=torch.float64)
     return float((w * torch.log(rates + GATE_EPS)).sum())
 
@@ -198,11 +229,13 @@ def edit_codes(
     reference_stats: Mapping[str, Any] | None = None,
     case_shape: tuple[int, int, int] | None = None,
     codes: torch.Tensor | None = None,
+    gate_sae: Any | None = None,
 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, list[EditSummary]]:
     """Encode the tokens any edit may touch and apply the edits in order.
 
     ``active`` scopes test the code before any edit. ``codes`` ``(Z*h*w, d_sae)``: the
-    volume's precomputed codes (skips encoding). Returns (token indices ``(n,)``, codes
+    volume's precomputed codes (skips encoding). ``gate_sae``: the SAE a gate at another hook
+    reads (:func:`gate_score`). Returns (token indices ``(n,)``, codes
     ``z`` ``(n, d_sae)``, edited codes ``z'``, per-edit summaries). A closed gate selects no
     token (every summary counts 0 tokens in scope).
     """
@@ -216,7 +249,7 @@ def edit_codes(
     empty = torch.zeros(0, d_sae)
     if not spec.edits:
         return np.zeros(0, dtype=np.int64), empty, empty, []
-    if spec.gate is not None and gate_score(cache, sae, spec.gate, codes) < spec.gate.threshold:
+    if spec.gate is not None and gate_score(cache, sae, spec.gate, codes, gate_sae) < spec.gate.threshold:
         closed = [EditSummary(e.latent, e.op, e.scope, 0, 0, 0.0, 0.0) for e in spec.edits]
         return np.zeros(0, dtype=np.int64), empty, empty, closed
     if any(s is None for s in scopes):
@@ -263,6 +296,7 @@ def apply_spec(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     mask: np.ndarray | None = None,
     reference_stats: Mapping[str, Any] | None = None,
+    gate_sae: Any | None = None,
 ) -> InterventionResult:
     """Apply ``spec`` to the cached volume and compare with the unedited prediction.
 
@@ -274,11 +308,14 @@ def apply_spec(
         spacing: voxel size in mm (RAS order), for volumes in mL.
         mask: ``(X, Y, Z)`` boolean array for edits with scope ``mask``.
         reference_stats: cohort -> ``(d_sae,)`` mean activation when active, for ``patch``.
+        gate_sae: the SAE of ``spec.gate.hook`` when the gate reads another hook.
     """
     logits, n_tokens, n_slices, summaries = edited_logits(
-        cache, sae, spec, mask=mask, reference_stats=reference_stats
+        cache, sae, spec, mask=mask, reference_stats=reference_stats, gate_sae=gate_sae
     )
-    score = gate_score(cache, sae, spec.gate) if spec.gate is not None and spec.edits else None
+    score = None
+    if spec.gate is not None and spec.edits:
+        score = gate_score(cache, sae, spec.gate, gate_sae=gate_sae)
     edited = cache.baseline_labels
     if n_tokens:
         # only re-run slices can differ: map just those to the case grid (same result as the
@@ -300,9 +337,12 @@ def edited_logits(
     *,
     mask: np.ndarray | None = None,
     reference_stats: Mapping[str, Any] | None = None,
+    gate_sae: Any | None = None,
 ) -> tuple[torch.Tensor, int, int, list[EditSummary]]:
     """Slice logits ``(Z, 4, H, W)`` under ``spec`` + (changed tokens, re-run slices, summaries)."""
-    idx, z, z_new, summaries = edit_codes(cache, sae, spec, mask=mask, reference_stats=reference_stats)
+    idx, z, z_new, summaries = edit_codes(
+        cache, sae, spec, mask=mask, reference_stats=reference_stats, gate_sae=gate_sae
+    )
     changed = (z_new != z).any(dim=1)
     if not bool(changed.any()):
         return cache.baseline_logits, 0, 0, summaries

@@ -80,13 +80,17 @@ def item_codes(cache: PrefixCache, sae: Any) -> torch.Tensor:
 
 
 def spec_deltas(
-    cache: PrefixCache, sae: Any, spec: InterventionSpec, reference_stats: Mapping[str, Any] | None = None
+    cache: PrefixCache,
+    sae: Any,
+    spec: InterventionSpec,
+    reference_stats: Mapping[str, Any] | None = None,
+    gate_sae: Any | None = None,
 ) -> dict[int, torch.Tensor]:
     """Hook-activation delta ``(C, h, w)`` per edited prepared slice ``k`` under ``spec``."""
     if not spec.edits:
         return {}
     idx, z, z_new, _ = edit_codes(
-        cache, sae, spec, reference_stats=reference_stats, codes=item_codes(cache, sae)
+        cache, sae, spec, reference_stats=reference_stats, codes=item_codes(cache, sae), gate_sae=gate_sae
     )
     changed = (z_new != z).any(dim=1)
     if not bool(changed.any()):
@@ -144,11 +148,13 @@ def score_specs(
     reference_stats: Mapping[str, Any] | None = None,
     *,
     volumes: bool = False,
+    gate_sae: Any | None = None,
 ) -> list[float]:
     """Region Dice of one volume under each spec (one stacked suffix run for all of them), or
-    with ``volumes=True`` the predicted region's voxel count (over the scorer's slices)."""
+    with ``volumes=True`` the predicted region's voxel count (over the scorer's slices).
+    ``gate_sae``: the SAE a gate at another hook reads."""
     deltas = [
-        {k: d for k, d in spec_deltas(cache, sae, s, reference_stats).items() if scorer.keep[k]}
+        {k: d for k, d in spec_deltas(cache, sae, s, reference_stats, gate_sae).items() if scorer.keep[k]}
         for s in specs
     ]
     rows = [(k, d) for per in deltas for k, d in sorted(per.items())]

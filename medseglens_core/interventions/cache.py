@@ -136,6 +136,29 @@ class PrefixCache:
             )
         return self._tokens
 
+    @torch.no_grad()
+    def tokens_at(self, hook: str) -> tuple[torch.Tensor, np.ndarray]:
+        """Tokens ``(Z*h'*w', C')`` and voxel->token map at another ``hook`` of the same model.
+
+        Runs the model's prefix to ``hook`` over the prepared slices once (kept on the cache);
+        ``hook == self.hook`` returns the cache's own tokens and map.
+        """
+        if hook == self.hook:
+            return self.tokens(), self.token_of_voxel
+        other = self.__dict__.setdefault("_other_hooks", {})
+        if hook not in other:
+            self.model.check_hook(hook)
+            device = next(self.model.parameters()).device
+            slices = self.prepared.slices
+            slices = slices if isinstance(slices, torch.Tensor) else torch.from_numpy(np.asarray(slices))
+            parts = []
+            for start, stop, _ in self.chunks:
+                h = self.model.run_prefix(slices[start:stop].to(device, torch.float32), hook).h
+                parts.append(h.permute(0, 2, 3, 1).reshape(-1, h.shape[1]))
+            grid = tuple(h.shape[-2:])
+            other[hook] = (torch.cat(parts), _voxel_to_token(self.prepared, slices.shape, grid))
+        return other[hook]
+
     def voxels_to_tokens(self, mask: np.ndarray) -> np.ndarray:
         """Case-grid boolean mask ``(X, Y, Z)`` -> token mask ``(Z*h*w,)``: a token is in when
         any voxel of its cell is."""

@@ -25,3 +25,7 @@ class CohortMissing(NotFound):
 
 class ZooEntryMissing(NotFound):
     """A model or SAE id that the zoo does not hold."""
+
+
+class MissingGateSAE(InvalidInput):
+    """A gate reads latents at another hook but that hook's SAE was not given."""

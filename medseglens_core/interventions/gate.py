@@ -51,9 +51,12 @@ class GateFit:
     loo_errors: int = 0
 
 
-def item_rates(item: VolumeItem, sae: Any) -> np.ndarray:
-    """``(d_sae,)`` firing rate of each latent over the item's hook tokens."""
-    return firing_rates(item.cache, sae, item_codes(item.cache, sae)).numpy()
+def item_rates(item: VolumeItem, sae: Any, hook: str | None = None) -> np.ndarray:
+    """``(d_sae,)`` firing rate of each latent of ``sae`` over the item's brain tokens at
+    ``hook`` (default: the item's cache hook, whose codes are then computed once and kept)."""
+    if hook is None or hook == item.cache.hook:
+        return firing_rates(item.cache, sae, item_codes(item.cache, sae)).numpy()
+    return firing_rates(item.cache, sae, hook=hook).numpy()
 
 
 def _fit(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float):
@@ -89,18 +92,25 @@ def fit_gate(
     n_latents: int = 32,
     sd_floor: float = 0.1,
     min_loo_accuracy: float = 0.8,
+    hook: str | None = None,
 ) -> GateFit:
-    """Fit a gate opening on ``target`` scans and closed on ``source`` scans (module docs)."""
+    """Fit a gate opening on ``target`` scans and closed on ``source`` scans (module docs).
+
+    ``sae`` reads ``hook`` (default: the items' cache hook); the gate records a hook other than
+    the cache's so that applying it asks for that SAE.
+    """
     if len(target) < 2 or len(source) < 2:
         return GateFit(None, float("nan"), [], [])
-    lt = np.log(np.stack([item_rates(i, sae) for i in target]) + GATE_EPS)
-    ls = np.log(np.stack([item_rates(i, sae) for i in source]) + GATE_EPS)
+    lt = np.log(np.stack([item_rates(i, sae, hook) for i in target]) + GATE_EPS)
+    ls = np.log(np.stack([item_rates(i, sae, hook) for i in source]) + GATE_EPS)
     pick, weights, st, ss = _fit(lt, ls, n_latents, sd_floor)
     margin = float(st.min() - ss.max())
     loo = _loo_errors(lt, ls, n_latents, sd_floor) if margin > 0 else 0
     gate = None
     if margin > 0 and loo <= (1.0 - min_loo_accuracy) * (len(lt) + len(ls)):
+        own = hook is None or hook == target[0].cache.hook
         gate = Gate(
+            hook=None if own else hook,
             latents=[int(j) for j in pick],
             weights=[float(w) for w in weights],
             threshold=float((st.min() + ss.max()) / 2),
@@ -109,10 +119,15 @@ def fit_gate(
 
 
 def gate_opens(items: Sequence[VolumeItem], sae: Any, gate: Gate | None) -> list[bool]:
-    """Whether ``gate`` opens on each item (True everywhere without a gate)."""
+    """Whether ``gate`` opens on each item (True everywhere without a gate). ``sae``: the SAE
+    the gate reads (of ``gate.hook`` when it names another hook)."""
     if gate is None:
         return [True] * len(items)
-    return [gate_score(i.cache, sae, gate, item_codes(i.cache, sae)) >= gate.threshold for i in items]
+    return [
+        gate_score(i.cache, sae, gate, item_codes(i.cache, sae) if gate.hook is None else None, sae)
+        >= gate.threshold
+        for i in items
+    ]
 
 
 def gate_report(

@@ -127,8 +127,8 @@ Progress = Callable[[dict[str, Any]], None] | None
 class _Scores:
     """Region Dice of items under specs; exact (stride 1) and screening scorers cached per item."""
 
-    def __init__(self, sae, region: str, stride: int) -> None:
-        self.sae, self.region, self.stride = sae, region, stride
+    def __init__(self, sae, region: str, stride: int, gate_sae=None) -> None:
+        self.sae, self.region, self.stride, self.gate_sae = sae, region, stride, gate_sae
         self._sc: dict[tuple[str, int, bool], SliceScorer] = {}
         self.evals = 0
 
@@ -148,7 +148,7 @@ class _Scores:
     ):
         self.evals += len(specs)
         sc = self.scorer(item, self.stride if screen else 1, own)
-        return np.array(score_specs(item.cache, sc, self.sae, specs, volumes=volumes))
+        return np.array(score_specs(item.cache, sc, self.sae, specs, volumes=volumes, gate_sae=self.gate_sae))
 
     def change(
         self, items: Sequence[VolumeItem], specs: Sequence[InterventionSpec], screen=False
@@ -182,6 +182,8 @@ def run_recovery(
     config: RecoveryConfig = RecoveryConfig(),
     harm_items: Sequence[VolumeItem] | None = None,
     progress: Progress = None,
+    gate_sae: Any | None = None,
+    gate_hook: str | None = None,
 ) -> dict[str, Any]:
     """Run one protocol and return the ``recovery.json`` document (see module docstring).
 
@@ -189,6 +191,8 @@ def run_recovery(
     the blind protocols check harm (e.g. the zoo's validation split) besides the first half of
     ``source_items``. ``source_dice_change`` is measured on all of ``source_items``;
     ``source_dice_change_heldout`` on the half never used for calibration.
+    ``gate_sae`` / ``gate_hook``: the blind protocols' gate reads this SAE at this hook of the
+    same model instead of ``sae`` (a hook where the populations separate better).
     """
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
@@ -224,10 +228,11 @@ def run_recovery(
         cfg.n_candidates,
     )
     families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)
-    ev = _Scores(sae, cfg.region, cfg.screen_stride)
+    ev = _Scores(sae, cfg.region, cfg.screen_stride, gate_sae)
+    gate_reader, gate_hook = (gate_sae, gate_hook) if gate_sae is not None else (sae, None)
     chosen: str | None = None
     gfit = (
-        fit_gate(sae, calib_t, calib_s, n_latents=cfg.gate_latents)
+        fit_gate(gate_reader, calib_t, calib_s, n_latents=cfg.gate_latents, hook=gate_hook)
         if protocol != "oracle" and cfg.gate
         else None
     )
@@ -255,7 +260,7 @@ def run_recovery(
     doc["source_dice_change_heldout"] = src_heldout
     doc["chosen_family"] = chosen
     held_src = [i for i in src if id(i) not in {id(c) for c in calib_s}]
-    doc["gate"] = gate_report(sae, gfit, evaluate, held_src) if gfit is not None else None
+    doc["gate"] = gate_report(gate_reader, gfit, evaluate, held_src) if gfit is not None else None
     return doc
 
 

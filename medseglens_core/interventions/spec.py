@@ -113,11 +113,18 @@ class Gate(BaseModel):
     """Apply the spec only to volumes whose latent firing rates score ``>= threshold``.
 
     ``score = sum_j weights[j] * log(rate_j + GATE_EPS)`` over ``latents`` (see module docs).
+    The latents may belong to an SAE at another hook of the same model (``hook``): a population
+    can be told apart better at one depth than the one where steering works.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     latents: list[int] = Field(min_length=1, max_length=256, description="SAE latent indices.")
+    hook: str | None = Field(
+        default=None,
+        description="Hook whose SAE the gate reads (None: the edited SAE's hook). Another hook "
+        "needs that hook's SAE at apply time (`gate_sae`).",
+    )
     weights: list[float] = Field(min_length=1, max_length=256, description="One weight per latent.")
     threshold: float = Field(description="The edits apply when score >= threshold.")
 

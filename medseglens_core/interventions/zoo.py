@@ -51,6 +51,21 @@ def load_sae_for(zoo: Path, model_id: str, sae_id: str | None = None) -> tuple[A
     return sae.eval(), card
 
 
+def gate_sae_id(zoo: Path, model_id: str) -> str | None:
+    """The id of ``model_id``'s SAE whose card has ``role: gate`` (read by population gates), if any."""
+    import json
+
+    root = Path(zoo) / "saes"
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            card = json.loads((d / "card.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if card.get("role") == "gate" and str(card.get("model_id")) == model_id:
+            return d.name
+    return None
+
+
 def source_cohort(card: dict[str, Any]) -> str:
     """The cohort a model was trained on: ``card['training']['cohorts'][0]`` (or top-level keys)."""
     training = card.get("training") if isinstance(card.get("training"), dict) else {}

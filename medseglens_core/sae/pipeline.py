@@ -75,6 +75,7 @@ def train_sae_for_model(
     background_keep: float = 0.5,
     fidelity_cases: int = 8,
     sae_id: str | None = None,
+    card_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Collect, train, evaluate and save one SAE; returns the card written to ``out/card.json``.
 
@@ -150,5 +151,6 @@ def train_sae_for_model(
         "background_keep": background_keep,
         "collected_tokens": n_tokens,
         "metrics": metrics,
+        **(card_extra or {}),
     }
     return save_sae(sae.cpu(), out, card)

@@ -99,6 +99,14 @@ def recover(
         float, typer.Option("--threshold", min=0.0, max=1.0, help="Failure Dice threshold.")
     ] = 0.5,
     sae: Annotated[str | None, typer.Option("--sae", help="SAE id (default: the model's main SAE).")] = None,
+    gate_sae: Annotated[
+        str | None,
+        typer.Option(
+            "--gate-sae",
+            help="SAE (of the same model, any hook) whose latents the blind protocols' population "
+            "gate reads (default: the model's SAE whose card has role 'gate', else --sae).",
+        ),
+    ] = None,
     source_calibration: Annotated[
         Path | None,
         typer.Option(
@@ -116,6 +124,7 @@ def recover(
     from medseglens_core.interventions.spec import RegionName
     from medseglens_core.interventions.zoo import (
         cohort_cases,
+        gate_sae_id,
         load_items,
         load_model_dir,
         load_sae_for,
@@ -132,6 +141,8 @@ def recover(
         raise InvalidInput(f"unknown region {region!r}; choose one of {list(RegionName.__args__)}")  # type: ignore[attr-defined]
     net, card = load_model_dir(zoo, model)
     sparse, sae_card = load_sae_for(zoo, model, sae)
+    gate_id = gate_sae or gate_sae_id(zoo, model)
+    gate_sparse, gate_card = load_sae_for(zoo, model, gate_id) if gate_id else (None, {})
     source = source_cohort(card)
     if source == target:
         raise InvalidInput(f"target {target!r} is the model's training cohort; pick another cohort")
@@ -174,8 +185,11 @@ def recover(
             config=cfg,
             harm_items=harm_items,
             progress=progress,
+            gate_sae=gate_sparse,
+            gate_hook=gate_card.get("hook"),
         )
         doc["sae_id"] = sae_card.get("id", sae)
+        doc["gate_sae_id"] = gate_card.get("id", gate_id) if gate_sparse is not None else None
         docs.append(doc)
     write_recovery(docs, out)
     keys = (

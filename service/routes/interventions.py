@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends
@@ -14,11 +14,18 @@ from service.deps import InterveneKey, PoolDep, ReadKey, ServerId, SessionDep, S
 from service.errors import ResourceNotFound, ServiceError, problem_responses, problem_statuses
 from service.latent_cards import CardStore
 from service.models_db import Intervention
+from service.pool import ModelPool, Resident
 from service.routes.segmentations import GZIP_NIFTI, resident_model, resident_sae, stored_volume
 from service.schemas.interventions import InterventionCreate, InterventionOut, RegionSummary
 from service.storage import new_id
 
 router = APIRouter(prefix="/interventions", tags=["interventions"])
+
+
+class GateSaeMissing(ServiceError):
+    """A gate at another hook without a matching ``gate_sae_id``."""
+
+    status, slug, title = 422, "gate-sae-missing", "No SAE for the gate's hook"
 
 
 class MaskScopeUnsupported(ServiceError):
@@ -51,6 +58,36 @@ def to_out(row: Intervention) -> InterventionOut:
         edit_info=s["edits"],
         timings=s.get("timings", {}),
     )
+
+
+def _gate_sae(
+    pool: ModelPool, body: InterventionCreate, spec: Any, model: Resident, sae: Resident
+) -> Resident | None:
+    """The SAE a gate at another hook reads (``gate_sae_id``), checked; None when the gate reads
+    the edited SAE. Gate latents are checked against the SAE the gate reads."""
+    from medseglens_core.interventions.errors import LatentOutOfRange
+
+    if spec.gate is None:
+        return None
+    reader, other = sae, spec.gate.hook is not None and spec.gate.hook != sae.card.get("hook")
+    if other:
+        if body.gate_sae_id is None:
+            raise GateSaeMissing(
+                f"The gate reads hook {spec.gate.hook!r}: give 'gate_sae_id', an SAE of {model.id!r} at that hook."
+            )
+        reader = resident_sae(pool, body.gate_sae_id, model)
+        if reader is None or reader.card.get("hook") != spec.gate.hook:
+            raise GateSaeMissing(
+                f"SAE {body.gate_sae_id!r} reads hook {reader.card.get('hook') if reader else None!r}, "
+                f"not the gate's {spec.gate.hook!r}."
+            )
+    d_sae = int(reader.obj.W_dec.shape[0])
+    for latent in spec.gate.latents:
+        if latent >= d_sae:
+            raise LatentOutOfRange(
+                f"gate latent {latent} does not exist: SAE {reader.id!r} has {d_sae} latents"
+            )
+    return reader if other else None
 
 
 def intervention_or_404(intervention_id: ServerId, session: SessionDep) -> Intervention:
@@ -106,9 +143,10 @@ async def create_intervention(
         if not mask_volume.has_label:
             raise MaskScopeUnsupported(f"Volume {mask_volume.id} has no label map to use as a mask.")
     d_sae = int(sae.obj.W_dec.shape[0])
-    for latent in [e.latent for e in spec.edits] + (spec.gate.latents if spec.gate else []):
+    for latent in [e.latent for e in spec.edits]:
         if latent >= d_sae:
             raise LatentOutOfRange(f"latent {latent} does not exist: SAE {sae.id!r} has {d_sae} latents")
+    gate_sae = _gate_sae(pool, body, spec, model, sae)
     reference = None
     if spec.reference_cohorts:
         store = CardStore(settings.zoo_dir, settings.data_dir / "cache", sae, model)
@@ -127,6 +165,7 @@ async def create_intervention(
             reference,
             stage,
             mask_volume,
+            gate_sae,
             kind="intervention",
         )
         storage.publish(stage, dest)

@@ -33,6 +33,11 @@ class InterventionCreate(BaseModel):
             "e.g. the `spec.gate` of a blind recovery.json; otherwise the prediction is unchanged."
         ),
     )
+    gate_sae_id: str | None = Field(
+        default=None,
+        pattern=CATALOG_PATTERN,
+        description="For a gate whose `hook` differs from the SAE's: the SAE of that hook (same model).",
+    )
     mask_volume_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,

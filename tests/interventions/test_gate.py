@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 from medseglens_core.interventions.apply import apply_spec, gate_score
 from medseglens_core.interventions.cache import PrefixCache
-from medseglens_core.interventions.errors import InvalidSpec, LatentOutOfRange
+from medseglens_core.interventions.errors import InvalidSpec, LatentOutOfRange, MissingGateSAE
 from medseglens_core.interventions.gate import fit_gate, gate_opens
 from medseglens_core.interventions.search import VolumeItem
 from medseglens_core.interventions.spec import GATE_EPS, Edit, Gate, InterventionSpec, parse_spec
-from tests.interventions.fakes import IdentityPrepared, PlantedModel, identity_sae, planted_volume
+from medseglens_core.models import build_model
+from tests.interventions.fakes import IdentityPrepared, PlantedModel, ReluSAE, identity_sae, planted_volume
 
 
 def _item(cohort: str, seed: int, marker: float) -> VolumeItem:
@@ -108,3 +111,46 @@ def test_fit_gate_gives_none_when_the_cohorts_overlap() -> None:
     fit = fit_gate(sae, a, b, n_latents=2)
     assert fit.gate is None
     assert gate_opens(a, sae, None) == [True] * 4
+
+
+def test_gate_at_another_hook_reads_that_hooks_sae() -> None:
+    """SegFormer cached at stage3, gate on a stage2 SAE: the score is that SAE's rates."""
+    model = build_model("segformer", input_size=32).eval()
+    slices = torch.randn(5, 4, 32, 32)
+    cache = PrefixCache.build(model, IdentityPrepared(slices), "stage3", batch_size=2)
+    steer = ReluSAE.random(cache.channels, 32, seed=1)
+    with torch.no_grad():
+        h2 = torch.cat([model.run_prefix(slices[i : i + 2], "stage2").h for i in range(0, 5, 2)])
+    gate_sae = ReluSAE.random(h2.shape[1], 16, seed=2)
+    with torch.no_grad():
+        z = gate_sae.encode(h2.permute(0, 2, 3, 1).reshape(-1, h2.shape[1]))
+    rate = (z > 0).double().mean(dim=0)
+    j = int(torch.argmin((rate - 0.5).abs()))  # a latent that fires on some tokens only
+    gate = Gate(hook="stage2", latents=[j], weights=[1.0], threshold=0.0)
+    score = gate_score(cache, steer, gate, gate_sae=gate_sae)
+    assert score == pytest.approx(math.log(float(rate[j]) + GATE_EPS), rel=1e-6)
+    with pytest.raises(MissingGateSAE, match="stage2"):
+        gate_score(cache, steer, gate)
+    edits = [Edit(latent=0, op="add", value=5.0)]
+    closed = Gate(hook="stage2", latents=[j], weights=[1.0], threshold=score + 1e-6)
+    res = apply_spec(cache, steer, InterventionSpec(edits=edits, gate=closed), gate_sae=gate_sae)
+    assert res.gate_open is False and res.changed_voxels == 0
+    assert np.array_equal(res.edited_labels, cache.baseline_labels)
+    opened = Gate(hook="stage2", latents=[j], weights=[1.0], threshold=score)
+    res = apply_spec(cache, steer, InterventionSpec(edits=edits, gate=opened), gate_sae=gate_sae)
+    assert res.gate_open is True and res.changed_tokens > 0
+
+
+def test_zoo_gate_sae_is_found_by_role_and_never_the_main_sae(tmp_path) -> None:
+    from medseglens_core.analysis.zoo import discover_zoo
+    from medseglens_core.interventions.zoo import gate_sae_id
+
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "card.json").write_text(json.dumps({"id": "m"}))
+    for sid, extra in (("m-a-gate", {"role": "gate"}), ("m-b-main", {})):
+        (tmp_path / "saes" / sid).mkdir(parents=True)
+        card = {"id": sid, "model_id": "m", "hook": "x", **extra}
+        (tmp_path / "saes" / sid / "card.json").write_text(json.dumps(card))
+    assert gate_sae_id(tmp_path, "m") == "m-a-gate"
+    assert gate_sae_id(tmp_path, "other") is None
+    assert [e.sae_id for e in discover_zoo(tmp_path)] == ["m-b-main"]  # "a" sorts first, still not main

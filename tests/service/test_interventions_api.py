@@ -87,6 +87,13 @@ def test_empty_and_ablation_interventions(tmp_path):
         assert abl["gate"] is None and abl["gate_open"] is None
         assert gated(0.0, latents=(D_SAE,)).json()["type"].endswith("/latent-out-of-range")
         assert gated(0.0, weights=(1.0, 2.0)).status_code == 422
+        # a gate at another hook needs that hook's SAE of the same model
+        body = {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE, "edits": [{"latent": top, "op": "ablate"}],
+                "gate": {"hook": "enc1", "latents": [0], "weights": [1.0], "threshold": 0.0}}  # fmt: skip
+        r = client.post("/v1/interventions", json=body, headers=headers)
+        assert r.status_code == 422 and r.json()["type"].endswith("/gate-sae-missing"), r.text
+        r = client.post("/v1/interventions", json={**body, "gate_sae_id": UNET_SAE}, headers=headers)
+        assert r.status_code == 422 and "not the gate's 'enc1'" in r.json()["detail"], r.text
 
         # spec errors are 422 problems
         for edits, slug in (
