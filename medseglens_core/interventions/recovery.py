@@ -140,8 +140,9 @@ class _Scores:
             self._sc[key] = SliceScorer(item.cache, label, self.region, stride)
         return self._sc[key]
 
-    def base(self, item: VolumeItem) -> float:
-        return self.scorer(item).base
+    def base(self, item: VolumeItem, screen: bool = False) -> float:
+        """Unedited Dice: exact, or over the screening slices when ``screen``."""
+        return self.scorer(item, self.stride if screen else 1).base
 
     def many(
         self, item: VolumeItem, specs: Sequence[InterventionSpec], *, screen=False, own=False, volumes=False
@@ -159,10 +160,11 @@ class _Scores:
     def changes(
         self, items: Sequence[VolumeItem], specs: Sequence[InterventionSpec], screen=False
     ) -> np.ndarray:
-        """``(len(items), len(specs))`` Dice change per item (one row of zeros when no items)."""
+        """``(len(items), len(specs))`` Dice change per item (one row of zeros when no items);
+        screened changes are against the unedited Dice over the same screening slices."""
         if not items:
             return np.zeros((1, len(specs)))
-        return np.array([self.many(i, specs, screen=screen) - self.base(i) for i in items])
+        return np.array([self.many(i, specs, screen=screen) - self.base(i, screen) for i in items])
 
     def harmless(self, items, specs, cfg: RecoveryConfig, screen=False) -> np.ndarray:
         """``(len(specs),)`` bool: mean and worst source change within the tolerances."""

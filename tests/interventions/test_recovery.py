@@ -86,3 +86,20 @@ def test_blind_refuses_specs_that_harm_the_source(cohorts) -> None:
     )
     assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
     assert np.isclose(doc["dice_after"], doc["dice_before"])
+
+
+def test_screened_harm_of_a_no_op_spec_is_zero() -> None:
+    """Screened scores compare with the unedited Dice over the same screening slices."""
+    from medseglens_core.interventions.recovery import _Scores
+    from medseglens_core.interventions.spec import Edit, Gate, InterventionSpec
+
+    src = _items("adult", 0.5, range(2))
+    for item in src:  # the label misses the oedema of slice 1, which screening (0, 2, 4) skips
+        item.label = item.label.copy()
+        item.label[:, :, 1] = 0
+    ev = _Scores(identity_sae(), "SNFH", stride=2)
+    closed = Gate(latents=[1], weights=[1.0], threshold=1e9)
+    specs = [InterventionSpec(edits=[Edit(latent=1, op="ablate")], gate=closed)]
+    assert all(ev.base(i, screen=True) > ev.base(i) for i in src)  # the two bases differ
+    assert np.array_equal(ev.changes(src, specs, screen=True), np.zeros((len(src), 1)))
+    assert ev.harmless(src, specs, CFG, screen=True).all()
