@@ -43,6 +43,18 @@ CORNER_BITS = (1, 2, 4, 8)
 N_VALUE = 1 + 4 * 3
 
 
+def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (batched like ``np.matmul``); products above 65536 multiply-adds go through torch.
+
+    numpy's own BLAS multithreads large products with a second thread pool whose spinning
+    threads compete with torch's for the same cores (measured: a 2 x 914 x 1024 product took
+    24 ms instead of 0.2 ms); small ones stay single-threaded in numpy, where they are cheapest.
+    """
+    if a.shape[-2] * a.shape[-1] * b.shape[-1] < 65536:
+        return np.matmul(a, b)
+    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
 @dataclass(frozen=True)
 class _AxisReads:
     """Which two tokens each output pixel along one axis reads, and their bilinear weights."""
@@ -94,51 +106,51 @@ def _pattern_masks(
     per (row parity, column parity, pattern) sets every such cell's corners at once.
     """
     h, w = hw
-    a0 = torch.arange(h).repeat_interleave(w)[:, None]  # every cell (a0, b0), (n_cells, 1)
-    b0 = torch.arange(w).repeat(h)[:, None]
-    a1, b1 = (a0 + 1).clamp_max(h - 1), (b0 + 1).clamp_max(w - 1)
-    imgs = torch.zeros(2, 2, N_PATTERNS, h, w)
-    pat = torch.arange(N_PATTERNS)
+    a0 = np.repeat(np.arange(h), w)[:, None]  # every cell (a0, b0), (n_cells, 1)
+    b0 = np.tile(np.arange(w), h)[:, None]
+    a1, b1 = np.minimum(a0 + 1, h - 1), np.minimum(b0 + 1, w - 1)
+    imgs = np.zeros((2, 2, N_PATTERNS, h, w), dtype=np.float32)
+    pat = np.arange(N_PATTERNS)
     for c, (ra, rb) in enumerate(((a0, b0), (a0, b1), (a1, b0), (a1, b1))):
-        bit = ((pat >> c) & 1).float()
-        imgs[a0 % 2, b0 % 2, pat[None], ra, rb] = bit[None].expand(len(a0), -1)
-    flat = imgs.view(4 * N_PATTERNS, 1, h, w)
+        imgs[a0 % 2, b0 % 2, pat[None], ra, rb] = ((pat >> c) & 1)[None]
+    flat = torch.from_numpy(imgs).view(4 * N_PATTERNS, 1, h, w)
     if (h, w) != tuple(padded):
         flat = F.interpolate(flat, size=tuple(padded), mode="bilinear", align_corners=False)
     cx, cy = len(ax.lo), len(ay.lo)
     px0, py0 = origin
-    up = flat.view(2, 2, N_PATTERNS, *padded)[..., px0 : px0 + cx, py0 : py0 + cy]
-    up = up.permute(3, 4, 0, 1, 2)  # (cx, cy, 2, 2, 16)
-    i = torch.arange(cx)[:, None]
-    j = torch.arange(cy)[None, :]
-    pix = up[i, j, torch.from_numpy(ax.lo % 2)[:, None], torch.from_numpy(ay.lo % 2)[None, :]]
-    return (pix >= 0.5).numpy()
+    up = flat.numpy().reshape(2, 2, N_PATTERNS, *padded)[..., px0 : px0 + cx, py0 : py0 + cy] >= 0.5
+    # each pixel reads the image of its cell's parity class: (cx, cy, 16)
+    return up[ax.lo[:, None] % 2, ay.lo[None, :] % 2, :, np.arange(cx)[:, None], np.arange(cy)[None, :]]
 
 
 @dataclass(frozen=True)
 class CellGeometry:
     """In-plane cells of one prepared case at one token grid (see the module docstring).
 
+    Cells are cut into *pieces* of at most ``P`` pixels; each piece keeps its cell's corners.
+
     Attributes:
-        pixels: ``(n_cells, P)`` int64 crop pixel index ``i * cy + j`` (``i``, ``j`` from the crop
+        pixels: ``(n_pieces, P)`` int64 crop pixel index ``i * cy + j`` (``i``, ``j`` from the crop
             box's corner), ``n_pix`` where a piece is padded.
-        corners: ``(n_cells, 4)`` int64 token index ``a * w + b`` of each cell's corners.
-        active: ``(n_cells * 16, P)`` float32, row ``cell * 16 + pattern``: 1 where the pixel is
+        corners: ``(n_pieces, 4)`` int64 token index ``a * w + b`` of the cell's corners.
+        active: ``(n_pieces * 16, P)`` float32, row ``piece * 16 + pattern``: 1 where the pixel is
             active under the pattern.
-        values: ``(n_cells, P, 13)`` float32 per pixel: 1, then each corner's bilinear weight x
+        values: ``(n_pieces, P, 13)`` float32 per pixel: 1, then each corner's bilinear weight x
             ``(1, dx, dy)``, ``(dx, dy)`` voxels from the piece's first pixel; 0 at padding.
-        whole: ``(n_cells * 16, 13)`` float32 ``values`` summed over each pattern's active pixels
+        whole: ``(n_pieces * 16, 13)`` float32 ``values`` summed over each pattern's active pixels
             (the sums of a block that lies wholly inside the brain).
-        origin: ``(n_cells, 2)`` float64 case-grid ``(x, y)`` of each piece's first pixel.
+        origin: ``(n_pieces, 2)`` float64 case-grid ``(x, y)`` of each piece's first pixel.
+        n_valid: ``(n_pieces,)`` pixels of each piece (the rest is padding).
         n_pix: crop pixels per slice, ``cx * cy``.
     """
 
-    pixels: torch.Tensor
-    corners: torch.Tensor
-    active: torch.Tensor
-    values: torch.Tensor
-    whole: torch.Tensor
-    origin: torch.Tensor
+    pixels: np.ndarray
+    corners: np.ndarray
+    active: np.ndarray
+    values: np.ndarray
+    whole: np.ndarray
+    origin: np.ndarray
+    n_valid: np.ndarray
     n_pix: int
 
 
@@ -149,44 +161,49 @@ def cell_geometry(record: Any, hw: tuple[int, int]) -> CellGeometry:
     nx, ny = record.padded_shape
     h, w = hw
     cx, cy = x1 - x0, y1 - y0
+    n_pix = cx * cy
     ax, ay = _axis_reads(h, nx, px0, cx), _axis_reads(w, ny, py0, cy)
     masks = _pattern_masks(ax, ay, hw, (nx, ny), (px0, py0))  # (cx, cy, 16) bool
     rows, cols = _pieces(ax.lo, math.ceil(nx / h)), _pieces(ay.lo, math.ceil(ny / w))
-    r = torch.from_numpy(rows)[:, None, :, None]  # (nr, 1, R, 1)
-    c = torch.from_numpy(cols)[None, :, None, :]  # (1, nc, 1, C)
-    valid = ((r >= 0) & (c >= 0)).reshape(len(rows) * len(cols), -1)
-    n_pix = cx * cy
-    pixels = torch.where(valid, (r.clamp_min(0) * cy + c.clamp_min(0)).reshape(valid.shape), n_pix)
-    a0, a1 = torch.from_numpy(ax.lo[rows[:, 0]]), torch.from_numpy(ax.hi[rows[:, 0]])
-    b0, b1 = torch.from_numpy(ay.lo[cols[:, 0]]), torch.from_numpy(ay.hi[cols[:, 0]])
-    corners = torch.stack(
-        [a0[:, None] * w + b0, a0[:, None] * w + b1, a1[:, None] * w + b0, a1[:, None] * w + b1], dim=-1
-    ).reshape(-1, 4)
-    # per pixel: 1, corner weights x (1, dx, dy) with (dx, dy) from the piece's first pixel, so
-    # that float32 sums stay accurate; ``origin`` holds that pixel's case-grid (x, y)
+    shape = (len(rows), len(cols), rows.shape[1], cols.shape[1])
+    r, c = np.broadcast_to(rows[:, None, :, None], shape), np.broadcast_to(cols[None, :, None, :], shape)
+    n_pieces = len(rows) * len(cols)
+    valid = ((r >= 0) & (c >= 0)).reshape(n_pieces, -1)
+    pixels = np.where(valid, (r * cy + c).reshape(n_pieces, -1), n_pix)
+    a0, a1 = ax.lo[rows[:, 0]][:, None], ax.hi[rows[:, 0]][:, None]
+    b0, b1 = ay.lo[cols[:, 0]][None, :], ay.hi[cols[:, 0]][None, :]
+    corners = np.stack([a0 * w + b0, a0 * w + b1, a1 * w + b0, a1 * w + b1], -1).reshape(-1, 4)
+    # per pixel: 1, corner weights x (1, dx, dy) from the piece's first pixel, so float32 sums
+    # stay accurate; ``origin`` adds that pixel's case-grid (x, y) back
     weight = (
         np.stack([ax.w_lo, ax.w_hi], 1)[:, None, :, None] * np.stack([ay.w_lo, ay.w_hi], 1)[None, :, None, :]
     )
-    per_pixel = torch.from_numpy(np.r_[weight.reshape(n_pix, 4), np.zeros((1, 4))]).float()
-    corner_w = per_pixel.index_select(0, pixels.reshape(-1)).view(*pixels.shape, 4, 1)
-    first_r, first_c = torch.from_numpy(rows[:, 0]), torch.from_numpy(cols[:, 0])
-    dx = (r.clamp_min(0) - first_r[:, None, None, None]).expand(-1, len(cols), -1, cols.shape[1])
-    dy = (c.clamp_min(0) - first_c[None, :, None, None]).expand(len(rows), -1, rows.shape[1], -1)
-    rel = torch.stack([torch.ones_like(dx), dx, dy], -1).reshape(*pixels.shape, 1, 3).float()
-    values = torch.cat([valid.float()[..., None], (corner_w * rel).flatten(2)], -1)  # (n_cells, P, 13)
-    origin = torch.stack(
-        [(x0 + first_r).repeat_interleave(len(cols)), (y0 + first_c).repeat(len(rows))], 1
-    ).double()
-    flat = pixels.reshape(-1)
-    act = torch.from_numpy(np.r_[masks.reshape(n_pix, N_PATTERNS), np.zeros((1, N_PATTERNS), bool)])
-    active = act.index_select(0, flat).view(*pixels.shape, N_PATTERNS).transpose(1, 2).float()
-    whole = torch.bmm(active, values).view(-1, N_VALUE)
-    return CellGeometry(pixels, corners, active.reshape(-1, pixels.shape[1]), values, whole, origin, n_pix)
+    corner_w = np.r_[weight.reshape(n_pix, 4), np.zeros((1, 4))][pixels]  # (n_pieces, P, 4)
+    dx = (r - rows[:, 0, None, None, None]).reshape(n_pieces, -1)
+    dy = (c - cols[None, :, 0, None, None]).reshape(n_pieces, -1)
+    rel = np.stack([np.ones_like(dx), dx, dy], -1)  # (n_pieces, P, 3)
+    values = np.concatenate(
+        [valid[..., None], (corner_w[..., None] * rel[:, :, None, :]).reshape(n_pieces, -1, 12)], -1
+    )
+    values = values.astype(np.float32)
+    origin = (
+        np.stack(np.meshgrid(x0 + rows[:, 0], y0 + cols[:, 0], indexing="ij"), -1)
+        .reshape(-1, 2)
+        .astype(np.float64)
+    )
+    act = np.r_[masks.reshape(n_pix, N_PATTERNS), np.zeros((1, N_PATTERNS), bool)][
+        pixels
+    ]  # (n_pieces, P, 16)
+    active = np.ascontiguousarray(act.transpose(0, 2, 1), dtype=np.float32)
+    whole = mm(active, values).reshape(-1, N_VALUE)
+    return CellGeometry(
+        pixels, corners, active.reshape(-1, pixels.shape[1]), values, whole, origin, valid.sum(1), n_pix
+    )
 
 
-def _label_lut(with_gt: bool) -> torch.Tensor:
+def _label_lut(with_gt: bool) -> np.ndarray:
     """``(17, 6)`` label columns of voxel code ``brain * (1 + pred + 4 * gt)`` (GT columns 0 without GT)."""
-    lut = torch.zeros(17, 6)
+    lut = np.zeros((17, 6), dtype=np.float32)
     for pred in range(1, 4):
         lut[1 + pred + 4 * np.arange(4), pred - 1] = 1.0
     if with_gt:
@@ -197,7 +214,7 @@ def _label_lut(with_gt: bool) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class CaseBlocks:
-    """One case's blocks (one slice of one cell), row ``cell * Z' + z``.
+    """One case's blocks (one slice of one piece), row ``piece * Z' + z``.
 
     Attributes:
         geom: the :class:`CellGeometry`.
@@ -213,157 +230,159 @@ class CaseBlocks:
     """
 
     geom: CellGeometry
-    inside: torch.Tensor
-    codes: torch.Tensor
-    full: torch.Tensor
-    full_labels: torch.Tensor
-    inside_all: torch.Tensor
-    partial: torch.Tensor
-    labelled: torch.Tensor
-    lut: torch.Tensor
+    inside: np.ndarray
+    codes: np.ndarray
+    full: np.ndarray
+    full_labels: np.ndarray
+    inside_all: np.ndarray
+    partial: np.ndarray
+    labelled: np.ndarray
+    lut: np.ndarray
     n_slices: int
 
 
 def case_blocks(geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.ndarray | None) -> CaseBlocks:
     """Blocks of one case from crop-box arrays ``(cx, cy, Z')``: brain mask, predicted and GT labels (uint8 0..3)."""
     z = brain.shape[-1]
-    n_cells, n_p = geom.pixels.shape
+    n_pieces, n_p = geom.pixels.shape
     code = np.add(pred, 1, dtype=np.uint8)
     if gt is not None:
         code += gt * np.uint8(4)
     code *= brain
-    flat = torch.cat([torch.from_numpy(code.reshape(geom.n_pix, z)), torch.zeros(1, z, dtype=torch.uint8)])
-    cells = flat.index_select(0, geom.pixels.reshape(-1)).view(n_cells, n_p, z)
-    codes = cells.transpose(1, 2).reshape(n_cells * z, n_p)  # (blocks, P)
-    inside = codes.clamp(max=1).float()
-    full = torch.bmm(inside.view(n_cells, z, n_p), geom.values).view(-1, N_VALUE)
-    n_in = full[:, 0]
-    n_valid = (geom.pixels < geom.n_pix).sum(1).repeat_interleave(z)
+    flat = np.r_[code.reshape(geom.n_pix, z), np.zeros((1, z), np.uint8)]
+    codes = np.ascontiguousarray(flat[geom.pixels].transpose(0, 2, 1)).reshape(n_pieces * z, n_p)
+    inside = np.minimum(codes, 1).astype(np.float32)
+    full = mm(inside.reshape(n_pieces, z, n_p), geom.values).reshape(-1, N_VALUE)
+    n_valid = np.repeat(geom.n_valid, z)
     lut = _label_lut(gt is not None)
-    labelled = torch.from_numpy((codes.numpy() > 1).any(1))
-    full_labels = torch.zeros(n_cells * z, 6)
-    rows = labelled.nonzero()[:, 0]
+    labelled = (codes > 1).any(1)
+    full_labels = np.zeros((n_pieces * z, 6), dtype=np.float32)
+    rows = np.flatnonzero(labelled)
     if len(rows):
         full_labels[rows] = _label_sums(codes[rows], inside[rows], lut)
-    inside_all = n_in == n_valid
-    partial = (n_in > 0) & ~inside_all
+    inside_all = full[:, 0] == n_valid
+    partial = (full[:, 0] > 0) & ~inside_all
     return CaseBlocks(geom, inside, codes, full, full_labels, inside_all, partial, labelled, lut, z)
 
 
-def _label_sums(codes: torch.Tensor, weights: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+def _label_sums(codes: np.ndarray, weights: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """``(n, 6)``: label columns summed over each row's pixels, pixel ``p`` weighted by ``weights[:, p]``."""
-    hist = torch.zeros(codes.shape[0], lut.shape[0]).scatter_add_(1, codes.long(), weights)
-    return hist @ lut
+    n = codes.shape[0]
+    bins = (np.arange(n)[:, None] * lut.shape[0] + codes).ravel()
+    hist = np.bincount(bins, weights=weights.ravel(), minlength=n * lut.shape[0]).reshape(n, -1)
+    return mm(hist.astype(np.float32), lut)
 
 
-def _active_inside(blocks: CaseBlocks, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cell, mask (n, P))`` of ``keys = block * 16 + pattern``: active brain pixels of each."""
+def _active_inside(blocks: CaseBlocks, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(piece, mask (n, P))`` of ``keys = block * 16 + pattern``: active brain pixels of each."""
     block, pattern = keys // N_PATTERNS, keys % N_PATTERNS
-    cell = block // blocks.n_slices
-    rows = blocks.geom.active.index_select(0, cell * N_PATTERNS + pattern)
-    return cell, blocks.inside.index_select(0, block) * rows
+    piece = block // blocks.n_slices
+    return piece, blocks.inside[block] * blocks.geom.active[piece * N_PATTERNS + pattern]
 
 
-def _partial_sums(blocks: CaseBlocks, keys: torch.Tensor) -> torch.Tensor:
+def _partial_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:
     """``(n, 13)`` float32 sums of blocks partly inside the brain at mixed patterns (``keys`` sorted)."""
-    cell, mask = _active_inside(blocks, keys)
-    out = torch.empty(len(keys), N_VALUE)
-    bounds = torch.searchsorted(cell, torch.arange(blocks.geom.values.shape[0] + 1)).tolist()
-    for c, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):  # keys are sorted by cell
-        if hi > lo:
-            out[lo:hi] = mask[lo:hi] @ blocks.geom.values[c]
+    piece, mask = _active_inside(blocks, keys)
+    out = np.empty((len(keys), N_VALUE), dtype=np.float32)
+    bounds = np.searchsorted(piece, np.arange(len(blocks.geom.values) + 1))
+    for c in np.flatnonzero(np.diff(bounds)):  # keys are sorted by piece
+        lo, hi = bounds[c], bounds[c + 1]
+        out[lo:hi] = mm(mask[lo:hi], blocks.geom.values[c])
     return out
 
 
-def _mixed_label_sums(blocks: CaseBlocks, keys: torch.Tensor) -> torch.Tensor:
+def _mixed_label_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:
     """``(n, 6)`` label counts of labelled blocks at mixed patterns."""
     _, mask = _active_inside(blocks, keys)
-    return _label_sums(blocks.codes.index_select(0, keys // N_PATTERNS), mask, blocks.lut)
+    return _label_sums(blocks.codes[keys // N_PATTERNS], mask, blocks.lut)
 
 
-def _used_keys(keys: torch.Tensor, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _used_keys(keys: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ``keys`` (block * 16 + pattern), sorted, and a lookup ``(n_blocks * 16,)`` of each one's row."""
-    used = torch.zeros(n_blocks * N_PATTERNS, dtype=torch.bool)
+    used = np.zeros(n_blocks * N_PATTERNS, dtype=bool)
     used[keys] = True
-    return used.nonzero()[:, 0], used.long().cumsum(0) - 1
+    return np.flatnonzero(used), np.cumsum(used) - 1
 
 
-def latent_sums(blocks: CaseBlocks, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-slice sums of latents with token maps ``tok (S, Z', h*w)`` (codes, 0 off the brain).
+def latent_sums(blocks: CaseBlocks, tok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-slice sums of latents with token maps ``tok (S, Z', h*w)`` float32 (codes, 0 off the brain).
 
     Returns ``(counts (S, Z', 7), value (S, Z', 3))`` float64: active brain voxels and, of them,
     predicted NCR/SNFH/ET and ground-truth NCR/SNFH/ET; sums of activation x ``(1, x, y)``.
     """
     n_s, z = tok.shape[:2]
     geom = blocks.geom
-    n_cells = geom.corners.shape[0]
-    n_blocks = n_cells * z
-    cv = tok[:, :, geom.corners.reshape(-1)].view(n_s, z, n_cells, 4)  # corner codes
-    pattern = ((cv > 0).long() * torch.tensor(CORNER_BITS)).sum(-1)  # (S, Z', cells)
-    block = torch.arange(n_cells)[None, :] * z + torch.arange(z)[:, None]  # (Z', cells)
+    n_pieces = len(geom.corners)
+    n_blocks = n_pieces * z
+    cv = tok[:, :, geom.corners.reshape(-1)].reshape(n_s, z, n_pieces, 4)  # corner codes
+    pattern = (cv > 0) @ np.array(CORNER_BITS)  # (S, Z', pieces)
+    block = np.arange(n_pieces)[None, :] * z + np.arange(z)[:, None]  # (Z', pieces)
     key = block * N_PATTERNS + pattern
     full, mixed = pattern == FULL, (pattern != 0) & (pattern != FULL)
     # value sums: whole-block table, geometry table (block wholly inside), partial blocks
     need = mixed & blocks.partial[block]
     keys, slot = _used_keys(key[need], n_blocks)
-    table = torch.cat([torch.zeros(1, N_VALUE), blocks.full, geom.whole, _partial_sums(blocks, keys)])
-    row = torch.where(full, 1 + block, 0)
-    row = torch.where(
-        mixed & blocks.inside_all[block], 1 + n_blocks + torch.arange(n_cells) * N_PATTERNS + pattern, row
+    table = np.concatenate(
+        [np.zeros((1, N_VALUE), np.float32), blocks.full, geom.whole, _partial_sums(blocks, keys)]
     )
-    row = torch.where(need, 1 + n_blocks + len(geom.whole) + slot[key], row)
-    sums = table.index_select(0, row.reshape(-1)).view(n_s * z, n_cells, N_VALUE)
+    row = np.where(full, 1 + block, 0)
+    row = np.where(
+        mixed & blocks.inside_all[block], 1 + n_blocks + np.arange(n_pieces) * N_PATTERNS + pattern, row
+    )
+    row = np.where(need, 1 + n_blocks + len(geom.whole) + slot[key], row)
+    sums = table[row.reshape(n_s * z, n_pieces)]  # (S * Z', pieces, 13)
     # label counts: only labelled blocks have any
     need = mixed & blocks.labelled[block]
     keys, slot = _used_keys(key[need], n_blocks)
-    table = torch.cat([torch.zeros(1, 6), blocks.full_labels, _mixed_label_sums(blocks, keys)])
-    row = torch.where(full & blocks.labelled[block], 1 + block, 0)
-    row = torch.where(need, 1 + n_blocks + slot[key], row)
-    labels = table.index_select(0, row.reshape(-1)).view(n_s * z, n_cells, 6)
-    counts = torch.cat([sums[..., :1].sum(1), labels.double().sum(1)], -1).view(n_s, z, 7)
-    geo = sums[..., 1:].reshape(n_s * z, n_cells, 4, 3)
-    flat_cv = cv.reshape(n_s * z, 1, n_cells * 4)
-    value = torch.bmm(flat_cv, geo.reshape(n_s * z, n_cells * 4, 3))[:, 0].double()  # (1, dx, dy) sums
-    mass = (cv.reshape(n_s * z, n_cells, 4) * geo[..., 0]).sum(-1).double()  # activation sum per piece
-    value[:, 1:] += mass @ geom.origin  # (dx, dy) -> case-grid (x, y)
-    value = value.view(n_s, z, 3)
-    return counts, value
+    table = np.concatenate(
+        [np.zeros((1, 6), np.float32), blocks.full_labels, _mixed_label_sums(blocks, keys)]
+    )
+    row = np.where(full & blocks.labelled[block], 1 + block, 0)
+    row = np.where(need, 1 + n_blocks + slot[key], row)
+    labels = table[row.reshape(n_s * z, n_pieces)]  # (S * Z', pieces, 6)
+    counts = np.concatenate([sums[..., 0].sum(1, keepdims=True), labels.sum(1)], -1).astype(np.float64)
+    geo = sums[..., 1:].reshape(n_s * z, n_pieces * 4, 3)
+    cv = cv.reshape(n_s * z, 1, n_pieces * 4)
+    value = mm(cv, np.ascontiguousarray(geo))[:, 0].astype(np.float64)  # (1, dx, dy) sums
+    mass = (cv.reshape(n_s * z, n_pieces, 4) * geo[..., 0].reshape(n_s * z, n_pieces, 4)).sum(-1)
+    value[:, 1:] += mass.astype(np.float64) @ geom.origin  # (dx, dy) -> case-grid (x, y)
+    return counts.reshape(n_s, z, 7), value.reshape(n_s, z, 3)
 
 
-def _slice_max(maps: torch.Tensor, brain: torch.Tensor, record: Any) -> torch.Tensor:
+def _slice_max(maps: np.ndarray, brain: np.ndarray, record: Any) -> np.ndarray:
     """Max of upsampled maps ``(K, h, w)`` over their active voxels in ``brain (K, cx, cy)``; -inf if none."""
     x0, x1, y0, y1, _, _ = record.crop
     px0, _, py0, _ = record.pad
-    stack = torch.stack([maps, (maps > 0).float()], 1)
+    stack = torch.from_numpy(np.stack([maps, (maps > 0).astype(np.float32)], 1))
     if tuple(stack.shape[-2:]) != tuple(record.padded_shape):
         stack = F.interpolate(stack, size=tuple(record.padded_shape), mode="bilinear", align_corners=False)
-    stack = stack[:, :, px0 : px0 + x1 - x0, py0 : py0 + y1 - y0]
-    active = (stack[:, 1] >= 0.5) & brain
-    return torch.where(active, stack[:, 0], -torch.inf).amax(dim=(1, 2))
+    up = stack.numpy()[:, :, px0 : px0 + x1 - x0, py0 : py0 + y1 - y0]
+    active = (up[:, 1] >= 0.5) & brain
+    return np.where(active, up[:, 0], -np.inf).max(axis=(1, 2))
 
 
 def active_max(
-    tok: torch.Tensor, brain: torch.Tensor, has_active: torch.Tensor, record: Any, per_round: int = 2
-) -> torch.Tensor:
+    tok: np.ndarray, brain: np.ndarray, has_active: np.ndarray, record: Any, per_round: int = 2
+) -> np.ndarray:
     """``(S,)`` float64 max of each latent's upsampled activation over its active voxels (0 if none).
 
-    ``tok (S, Z', h, w)`` codes, ``brain (Z', cx, cy)`` bool crop, ``has_active (S, Z')`` bool.
-    A slice's values never exceed its largest token code (bilinear weights are convex), so
-    slices are upsampled, ``per_round`` per latent and best bound first, only while their bound
-    is above the best value found.
+    ``tok (S, Z', h, w)`` float32 codes, ``brain (Z', cx, cy)`` bool crop, ``has_active (S, Z')``
+    bool. A slice's values never exceed its largest token code (bilinear weights are convex),
+    so slices are upsampled, ``per_round`` per latent and best bound first, only while their
+    bound is above the best value found.
     """
-    bound = tok.flatten(2).amax(2)  # (S, Z')
-    best = torch.full((tok.shape[0],), -torch.inf, dtype=torch.float64)
-    todo = has_active.clone()
+    bound = tok.reshape(*tok.shape[:2], -1).max(axis=2).astype(np.float64)  # (S, Z')
+    best = np.full(tok.shape[0], -np.inf)
+    todo = has_active.copy()
     while True:
-        todo &= bound.double() > best[:, None]
+        todo &= bound > best[:, None]
         if not todo.any():
             break
-        top = torch.where(todo, bound, -torch.inf).topk(min(per_round, tok.shape[1]), dim=1)
-        keep = top.values > -torch.inf
-        s = torch.arange(tok.shape[0])[:, None].expand_as(top.indices)[keep]
-        z = top.indices[keep]
+        order = np.argsort(-np.where(todo, bound, -np.inf), axis=1, kind="stable")[:, :per_round]
+        s = np.repeat(np.arange(tok.shape[0]), order.shape[1])
+        z = order.reshape(-1)
+        keep = todo[s, z]
+        s, z = s[keep], z[keep]
         todo[s, z] = False
-        found = _slice_max(tok[s, z], brain[z], record).double()
-        best = best.scatter_reduce(0, s, found, reduce="amax")
-    return torch.where(torch.isfinite(best), best, 0.0)
+        np.maximum.at(best, s, _slice_max(tok[s, z], brain[z], record))
+    return np.where(np.isfinite(best), best, 0.0)

@@ -48,7 +48,7 @@ from medseglens_core.analysis.encode import (
     input_brain_mask,
     masked_tokens,
 )
-from medseglens_core.analysis.latent_cells import active_max, case_blocks, cell_geometry, latent_sums
+from medseglens_core.analysis.latent_cells import active_max, case_blocks, cell_geometry, latent_sums, mm
 from medseglens_core.errors import InvalidInput, NotFound
 
 LABEL_NAMES = {1: "NCR", 2: "SNFH", 3: "ET"}
@@ -122,7 +122,7 @@ def labels_to_slice_grid(prepared: Any, labels: np.ndarray) -> torch.Tensor:
     return F.interpolate(lab, size=size, mode="nearest-exact")[:, 0].to(torch.uint8)
 
 
-def _pool_matrix(n_tok: int, size: int, n_pad: int, start: int, length: int) -> torch.Tensor:
+def _pool_matrix(n_tok: int, size: int, n_pad: int, start: int, length: int) -> np.ndarray:
     """``(n_tok, length)``: weight of crop row ``i`` in token ``a`` along one axis of the label path.
 
     Composes the label path's nearest-exact resize (padded ``n_pad`` -> model ``size``) with
@@ -130,34 +130,34 @@ def _pool_matrix(n_tok: int, size: int, n_pad: int, start: int, length: int) -> 
     read crop row ``i``) / (bin size). Padding rows read nothing.
     """
     src = F.interpolate(torch.arange(n_pad, dtype=torch.float32)[None, None], size=size, mode="nearest-exact")
-    src = src[0, 0].long() - start
-    g = torch.zeros(n_tok, length)
+    src = src[0, 0].long().numpy() - start
+    g = np.zeros((n_tok, length), dtype=np.float32)
     for a in range(n_tok):
         lo, hi = (a * size) // n_tok, -((-(a + 1) * size) // n_tok)  # adaptive pooling bin
         rows = src[lo:hi]
-        rows = rows[(rows >= 0) & (rows < length)]
-        g[a].index_add_(0, rows, torch.full((len(rows),), 1.0 / (hi - lo)))
+        np.add.at(g[a], rows[(rows >= 0) & (rows < length)], np.float32(1.0 / (hi - lo)))
     return g
 
 
-def token_tumour_fraction(prepared: Any, labels: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
-    """``(Z', h, w)`` fraction of each token's model-grid patch with case-grid ``labels > 0``.
+def token_tumour_fraction(prepared: Any, labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``(Z', h, w)`` float32 fraction of each token's model-grid patch with case-grid ``labels > 0``.
 
-    Equals ``adaptive_avg_pool2d(labels_to_slice_grid(prepared, labels) > 0, hw)``, computed
-    from the crop box with two small matmuls (both are averages of 0/1 over the same pixels).
+    Equals ``adaptive_avg_pool2d(labels_to_slice_grid(prepared, labels) > 0, hw)`` (to float32
+    rounding when the pooling bins are unequal), computed from the crop box with two small
+    matmuls: both are averages of 0/1 over the same pixels.
     """
     rec = prepared.record
     x0, x1, y0, y1, z0, z1 = rec.crop
-    size = rec.input_size
-    gx = _pool_matrix(hw[0], size, rec.padded_shape[0], rec.pad[0], x1 - x0)  # (h, cx)
-    gy = _pool_matrix(hw[1], size, rec.padded_shape[1], rec.pad[2], y1 - y0)  # (w, cy)
-    tumour = torch.from_numpy((labels[x0:x1, y0:y1, z0:z1] > 0).astype(np.float32))  # (cx, cy, Z')
-    rows = (gx @ tumour.reshape(x1 - x0, -1)).view(hw[0], y1 - y0, z1 - z0)  # (h, cy, Z')
-    return torch.einsum("bj,ajz->zab", gy, rows)
+    gx = _pool_matrix(hw[0], rec.input_size, rec.padded_shape[0], rec.pad[0], x1 - x0)  # (h, cx)
+    gy = _pool_matrix(hw[1], rec.input_size, rec.padded_shape[1], rec.pad[2], y1 - y0)  # (w, cy)
+    tumour = (labels[x0:x1, y0:y1, z0:z1] > 0).astype(np.float32).reshape(x1 - x0, -1)  # (cx, cy * Z')
+    rows = mm(gx, tumour).reshape(hw[0], y1 - y0, z1 - z0)  # (h, cy, Z')
+    return mm(gy, rows).transpose(2, 0, 1)  # (h, w, Z') -> (Z', h, w)
 
 
-def _rank(values: torch.Tensor, top_k: int) -> list[int]:
-    order = torch.argsort(values, descending=True, stable=True)[:top_k]
+def _rank(values: np.ndarray, top_k: int) -> list[int]:
+    """Latents with the ``top_k`` largest positive values, largest first (ties: lower id first)."""
+    order = np.argsort(-values, kind="stable")[:top_k]
     return [int(j) for j in order if values[j] > 0]
 
 
@@ -183,34 +183,38 @@ def summarise_latents(
         top_k: latents per ranking (default 10).
         affine: the case's RAS affine (``case.geometry.affine``) for ``centroid_mm``.
     """
-    h = torch.cat(list(prefix_h), dim=0) if not torch.is_tensor(prefix_h) else prefix_h
+    pieces = [prefix_h] if torch.is_tensor(prefix_h) else list(prefix_h)
     n_slices = len(prepared.z_indices)
-    if h.ndim != 4 or h.shape[0] != n_slices:
-        raise InvalidInput(f"prefix activations must be (Z'={n_slices}, C, h, w); got {tuple(h.shape)}")
-    hw = (int(h.shape[2]), int(h.shape[3]))
+    if any(p.ndim != 4 for p in pieces) or sum(p.shape[0] for p in pieces) != n_slices:
+        shapes = [tuple(p.shape) for p in pieces]
+        raise InvalidInput(f"prefix activations must be (Z'={n_slices}, C, h, w) in total; got {shapes}")
+    hw = (int(pieces[0].shape[2]), int(pieces[0].shape[3]))
     token_brain = brain_token_mask(input_brain_mask(torch.as_tensor(prepared.slices)), hw)
     with torch.no_grad():
-        tokens = masked_tokens(h, token_brain)  # only brain tokens count
+        tokens = masked_tokens(pieces, token_brain)  # only brain tokens count
         codes, pre = encode_fast(sae, tokens)  # (brain tokens, d_sae) float32
-        codes = codes.cpu()
+        codes = codes.cpu().numpy()
     pred = np.asarray(labels_pred)
     on_case_grid = pred.shape == tuple(prepared.record.case_shape)
     if on_case_grid:
         pred_case, tumour_frac = pred, token_tumour_fraction(prepared, pred, hw)
     else:
         pred_case = prepared.labels_to_case_grid(pred)
-        tumour_frac = F.adaptive_avg_pool2d((torch.as_tensor(pred) > 0).float()[:, None], hw)[:, 0]
-    weights = torch.stack([torch.ones(codes.shape[0]), tumour_frac[token_brain]])  # (2, brain tokens)
-    total, tumour = (weights @ codes).unbind(0)  # (d_sae,) each, float32 sums as on the token maps
+        tumour_frac = F.adaptive_avg_pool2d((torch.as_tensor(pred) > 0).float()[:, None], hw)[:, 0].numpy()
+    in_brain = token_brain.numpy().reshape(-1)
+    weights = np.stack(
+        [np.ones(len(codes), np.float32), tumour_frac.reshape(-1)[in_brain]]
+    )  # (2, brain tokens)
+    total, tumour = mm(weights, codes)  # (d_sae,) each, float32 sums as on the token maps
     top_total, top_tumour = _rank(total, top_k), _rank(tumour, top_k)
     selected = sorted(set(top_total) | set(top_tumour))
-    tok = torch.zeros(len(selected), token_brain.numel())
+    tok = np.zeros((len(selected), in_brain.size), dtype=np.float32)
     if selected:
-        shown = codes[:, selected] if pre is None else exact_columns(sae, tokens, pre, selected).cpu()
-        tok[:, token_brain.reshape(-1)] = shown.T
-    tok = tok.view(len(selected), n_slices, *hw)
+        shown = codes[:, selected] if pre is None else exact_columns(sae, tokens, pre, selected).cpu().numpy()
+        tok[:, in_brain] = shown.T
+    tok = torch.from_numpy(tok.reshape(len(selected), n_slices, *hw))
     brain = np.asarray(prepared.brain_mask, dtype=bool)
-    stats = _voxel_stats(selected, tok, prepared, brain, pred_case, label_gt, affine)
+    stats = _voxel_stats(selected, tok.numpy(), prepared, brain, pred_case, label_gt, affine)
     for j in selected:
         stats[j].total_activation, stats[j].tumour_activation = float(total[j]), float(tumour[j])
     token_maps = {j: tok[i] for i, j in enumerate(selected)}
@@ -227,14 +231,14 @@ def _count_labels(labels: np.ndarray) -> np.ndarray:
 
 def _voxel_stats(
     selected: list[int],
-    tok: torch.Tensor,
+    tok: np.ndarray,
     prepared: Any,
     brain: np.ndarray,
     pred: np.ndarray,
     gt: np.ndarray | None,
     affine: np.ndarray | None,
 ) -> dict[int, LatentStat]:
-    """:class:`LatentStat` (activation totals left 0) of latents with token maps ``tok (S, Z', h, w)``."""
+    """:class:`LatentStat` (activation totals left 0) of latents with token maps ``tok (S, Z', h, w)`` float32."""
     if not selected:
         return {}
     rec = prepared.record
@@ -244,13 +248,12 @@ def _voxel_stats(
     gt = _count_labels(gt) if gt is not None else None
     geom = cell_geometry(rec, (tok.shape[2], tok.shape[3]))
     blocks = case_blocks(geom, brain[box], pred[box], gt[box] if gt is not None else None)
-    counts, value = latent_sums(blocks, tok.flatten(2))  # (S, Z', 7), (S, Z', 3)
-    brain_slices = torch.from_numpy(np.ascontiguousarray(brain[box].transpose(2, 0, 1)))
-    vmax = active_max(tok, brain_slices, counts[..., 0] > 0, rec)
-    n = counts[..., 0].sum(1).round().long()
-    inter = counts[..., 1:].sum(1).round().long()  # (S, 6): pred NCR/SNFH/ET, GT NCR/SNFH/ET
-    z = torch.arange(z0, z1, dtype=torch.float64)
-    moments = torch.cat([value.sum(1), (value[..., :1] * z[:, None]).sum(1)], 1)  # sum v, v*x, v*y, v*z
+    counts, value = latent_sums(blocks, tok.reshape(*tok.shape[:2], -1))  # (S, Z', 7), (S, Z', 3)
+    vmax = active_max(tok, brain[box].transpose(2, 0, 1), counts[..., 0] > 0, rec)
+    n = np.rint(counts[..., 0].sum(1)).astype(np.int64)
+    inter = np.rint(counts[..., 1:].sum(1)).astype(np.int64)  # (S, 6): pred NCR/SNFH/ET, GT NCR/SNFH/ET
+    z = np.arange(z0, z1, dtype=np.float64)
+    moments = np.concatenate([value.sum(1), (value[..., 0] @ z)[:, None]], 1)  # sum v, v*x, v*y, v*z
     size_pred = [int(np.count_nonzero(pred == lab)) for lab in LABEL_NAMES]
     size_gt = [int(np.count_nonzero(gt == lab)) for lab in LABEL_NAMES] if gt is not None else None
     stats = {}

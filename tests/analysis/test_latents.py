@@ -36,8 +36,9 @@ def test_summary_of_planted_blob_is_hand_checkable(tmp_path):
     assert summary.top_tumour[0] == 3
     s = summary.stats[3]
     assert s.active_voxels == 6 * 6 * 4
-    np.testing.assert_allclose(s.centroid_voxel, [6.5, 8.5, 1.5], atol=1e-6)
-    np.testing.assert_allclose(s.centroid_mm, [-10 + 13.0, -20 + 17.0, 5 + 3.0], atol=1e-6)
+    # activation sums come from float32 tables (~1e-6 relative; see analysis/latents.py)
+    np.testing.assert_allclose(s.centroid_voxel, [6.5, 8.5, 1.5], atol=1e-5)
+    np.testing.assert_allclose(s.centroid_mm, [-10 + 13.0, -20 + 17.0, 5 + 3.0], atol=2e-5)
     assert s.overlap_gt["SNFH"] == {"iou": 1.0, "precision": 1.0}
     assert s.overlap_pred["SNFH"]["iou"] == 1.0 and s.overlap_pred["NCR"]["iou"] == 0.0
     m = summary.latent_map(3)

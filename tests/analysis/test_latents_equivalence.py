@@ -137,7 +137,9 @@ def test_token_tumour_fraction_is_the_pooled_label_path(grid):
     case = odd_case()
     prepared = prepare_case(case, SIZE)
     ref = F.adaptive_avg_pool2d((labels_to_slice_grid(prepared, case.label) > 0).float()[:, None], grid)[:, 0]
-    torch.testing.assert_close(token_tumour_fraction(prepared, case.label, grid), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        torch.from_numpy(token_tumour_fraction(prepared, case.label, grid)), ref, rtol=0, atol=1e-6
+    )
 
 
 def test_brain_masks_equal_their_plain_formulas():
