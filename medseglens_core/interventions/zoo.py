@@ -66,6 +66,16 @@ def gate_sae_id(zoo: Path, model_id: str) -> str | None:
     return None
 
 
+def load_gate_sae(zoo: Path, model_id: str, sae_id: str | None = None) -> tuple[Any, str | None, str | None]:
+    """``(sae, hook, id)`` of the SAE a population gate reads: ``sae_id``, else the model's SAE
+    with ``role: gate`` (:func:`gate_sae_id`); ``(None, None, None)`` when there is none."""
+    sid = sae_id or gate_sae_id(zoo, model_id)
+    if sid is None:
+        return None, None, None
+    sae, card = load_sae_for(zoo, model_id, sid)
+    return sae, card.get("hook"), str(card.get("id", sid))
+
+
 def source_cohort(card: dict[str, Any]) -> str:
     """The cohort a model was trained on: ``card['training']['cohorts'][0]`` (or top-level keys)."""
     training = card.get("training") if isinstance(card.get("training"), dict) else {}

@@ -124,7 +124,7 @@ def recover(
     from medseglens_core.interventions.spec import RegionName
     from medseglens_core.interventions.zoo import (
         cohort_cases,
-        gate_sae_id,
+        load_gate_sae,
         load_items,
         load_model_dir,
         load_sae_for,
@@ -141,8 +141,7 @@ def recover(
         raise InvalidInput(f"unknown region {region!r}; choose one of {list(RegionName.__args__)}")  # type: ignore[attr-defined]
     net, card = load_model_dir(zoo, model)
     sparse, sae_card = load_sae_for(zoo, model, sae)
-    gate_id = gate_sae or gate_sae_id(zoo, model)
-    gate_sparse, gate_card = load_sae_for(zoo, model, gate_id) if gate_id else (None, {})
+    gate_sparse, gate_hook, gate_id = load_gate_sae(zoo, model, gate_sae)
     source = source_cohort(card)
     if source == target:
         raise InvalidInput(f"target {target!r} is the model's training cohort; pick another cohort")
@@ -186,10 +185,10 @@ def recover(
             harm_items=harm_items,
             progress=progress,
             gate_sae=gate_sparse,
-            gate_hook=gate_card.get("hook"),
+            gate_hook=gate_hook,
         )
         doc["sae_id"] = sae_card.get("id", sae)
-        doc["gate_sae_id"] = gate_card.get("id", gate_id) if gate_sparse is not None else None
+        doc["gate_sae_id"] = gate_id
         docs.append(doc)
     write_recovery(docs, out)
     keys = (

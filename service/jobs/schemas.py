@@ -62,7 +62,7 @@ class RecoveryRequest(_Request):
 
     model_id: ZooName
     sae_id: ZooName | None = Field(default=None, description="Null -> the model's main SAE.")
-    target: ZooName = Field(description="Target cohort under the zoo's data/ folder.")
+    target: ZooName = Field(description="Target cohort under the zoo's data/test/ folder (held-out cases).")
     protocol: Literal["oracle", "blind", "blind-unlabelled"] = "blind"
     region: Literal["SNFH", "WT", "TC", "ET", "NCR"] = "SNFH"
     threshold: float = Field(default=0.5, ge=0, le=1, description="Failure: region Dice below this.")

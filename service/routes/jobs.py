@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 
-from medseglens_core.zoo import train_data_dir
+from medseglens_core.zoo import test_data_dir, train_data_dir
 from service.auth import Principal
 from service.deps import ReadKey, ServerId, TrainKey
 from service.errors import ResourceNotFound, problem_responses, problem_statuses
@@ -81,7 +81,7 @@ SUBMIT = problem_responses(*problem_statuses([404, 409, 503]))
 
 
 def _check_zoo(
-    request: Request, *, models: tuple[str, ...] = (), saes: tuple[str, ...] = (), cohorts=()
+    request: Request, *, models: tuple[str, ...] = (), saes: tuple[str, ...] = (), cohorts=(), split="train"
 ) -> None:
     zoo = request.app.state.settings.zoo_dir
     pool = request.app.state.pool
@@ -91,9 +91,10 @@ def _check_zoo(
     for s in saes:
         if s not in pool.saes and not (zoo / "saes" / s / "card.json").is_file():
             raise ResourceNotFound(f"No SAE {s!r} in the zoo; list SAEs with GET /v1/saes.")
+    root = train_data_dir(zoo) if split == "train" else test_data_dir(zoo)
     for c in cohorts:
-        if not (train_data_dir(zoo) / c).is_dir():
-            raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/train/ folder.")
+        if not (root / c).is_dir():
+            raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/{split}/ folder.")
 
 
 def _check_volumes(request: Request, volume_ids: list[str]) -> None:
@@ -155,8 +156,12 @@ async def create_recovery_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a recovery benchmark; its result is served by GET /v1/jobs/{job_id}/result."""
-    _check_zoo(
-        request, models=(body.model_id,), saes=(body.sae_id,) if body.sae_id else (), cohorts=(body.target,)
+    _check_zoo(  # the benchmark reads the held-out cases (data/test), as the task does
+        request,
+        models=(body.model_id,),
+        saes=(body.sae_id,) if body.sae_id else (),
+        cohorts=(body.target,),
+        split="test",
     )
     return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
 

@@ -137,3 +137,29 @@ def test_diff_report_job_publishes_a_listed_report_and_cancels(env, monkeypatch)
     api.client.delete(f"/v1/jobs/{job_id}", headers=api.h())
     assert api.wait(job_id, lambda j: j["state"] != "running", timeout=3)["state"] == "cancelled"
     assert sorted(p.name for p in (zoo / "reports").iterdir()) == [report_id]
+
+
+@pytest.mark.slow
+def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatch):
+    """POST /v1/jobs/recovery -> the real run_recovery on the tiny zoo's test split -> recovery.json."""
+    from tests.analysis.tinyzoo import build_tiny_zoo
+
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    zoo, data = build_tiny_zoo(tmp_path / "t")
+    (zoo / "data").mkdir()
+    (zoo / "data" / "test").symlink_to(data, target_is_directory=True)
+    api = Api(tmp_path / "data", zoo, None)
+    try:
+        body = {"model_id": "unet-tiny", "target": "ssa", "protocol": "oracle"}
+        r = api.client.post("/v1/jobs/recovery", json=body, headers=api.h())
+        assert r.status_code == 202, r.text
+        done = api.wait(r.json()["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=240)
+        assert done["state"] == "succeeded", done
+        doc = api.client.get(done["result_link"], headers=api.h(api.read_key)).json()
+        assert doc["protocol"] == "oracle" and doc["target"] == "ssa" and doc["n_cases"] == 3
+        assert doc["sae_id"] == "unet-tiny-sae" and doc["gate_sae_id"] is None
+        assert 0.0 <= doc["recovered_fraction"] <= 1.0 and doc["dice_after"] >= doc["dice_before"]
+        assert done["metrics"]["result"]["summary"]["n_cases"] == 3
+    finally:
+        api.close()
