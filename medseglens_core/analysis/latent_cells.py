@@ -11,12 +11,14 @@ slice -- its *cell*, rows ``(a0, a1)`` x columns ``(b0, b1)`` -- with fixed weig
 - the upsampled activation is linear in the cell's 4 token codes.
 
 A latent's sums over its active voxels are therefore sums over *blocks* (one slice of one cell)
-of block sums that depend only on the block's pattern: nothing when no corner fires, the whole
-block's brain voxels when all four fire (one table for every block, a batched matmul), and for
-the mixed patterns the exact sums over the pattern's active brain pixels, computed once per
-distinct (block, pattern) that any latent uses. Block sums are voxel counts (brain, predicted
-and ground-truth NCR/SNFH/ET inside the brain) and each corner's bilinear weight times
-``(1, x, y)``; a latent's activation sums weight the latter by its corner codes.
+of block sums that depend only on the block's pattern: nothing when no corner fires; all the
+block's brain voxels when all four fire (one table for every block, a batched matmul); for a
+mixed pattern, a per-geometry table when the block lies wholly inside the brain, else the exact
+sums over the pattern's active brain pixels, computed once per distinct (block, pattern) that
+any latent uses. Label counts (predicted and ground-truth NCR/SNFH/ET inside the brain) are
+kept only for blocks that hold a label. Value sums are each corner's bilinear weight times
+``(1, dx, dy)``, offsets from the piece's first pixel so that float32 sums stay accurate; a
+latent's activation sums weight them by its corner codes.
 
 The maximum is not a sum: :func:`active_max` takes it from the upsampled maps of the few slices
 that can hold it (those whose largest token code is above the best value found so far).

@@ -188,23 +188,39 @@ def summarise_latents(
     if any(p.ndim != 4 for p in pieces) or sum(p.shape[0] for p in pieces) != n_slices:
         shapes = [tuple(p.shape) for p in pieces]
         raise InvalidInput(f"prefix activations must be (Z'={n_slices}, C, h, w) in total; got {shapes}")
+    pred = np.asarray(labels_pred)
+    pred_case = (
+        pred if pred.shape == tuple(prepared.record.case_shape) else prepared.labels_to_case_grid(pred)
+    )
+    top_total, top_tumour, total, tumour, tok = _rank_latents(sae, pieces, prepared, pred, top_k)
+    selected = sorted(set(top_total) | set(top_tumour))
+    brain = np.asarray(prepared.brain_mask, dtype=bool)
+    stats = _voxel_stats(selected, tok.numpy(), prepared, brain, pred_case, label_gt, affine)
+    for j in selected:
+        stats[j].total_activation, stats[j].tumour_activation = float(total[j]), float(tumour[j])
+    token_maps = {j: tok[i] for i, j in enumerate(selected)}
+    return VolumeLatents(top_total, top_tumour, stats, token_maps, prepared, brain)
+
+
+def _rank_latents(
+    sae: SAELike, pieces: list[torch.Tensor], prepared: Any, pred: np.ndarray, top_k: int
+) -> tuple[list[int], list[int], np.ndarray, np.ndarray, torch.Tensor]:
+    """``(top_total, top_tumour, total (d_sae,), tumour (d_sae,), token maps (S, Z', h, w))``.
+
+    Token maps hold the exact codes of the selected latents (sorted ids), 0 off the brain.
+    """
     hw = (int(pieces[0].shape[2]), int(pieces[0].shape[3]))
     token_brain = brain_token_mask(input_brain_mask(torch.as_tensor(prepared.slices)), hw)
     with torch.no_grad():
         tokens = masked_tokens(pieces, token_brain)  # only brain tokens count
         codes, pre = encode_fast(sae, tokens)  # (brain tokens, d_sae) float32
         codes = codes.cpu().numpy()
-    pred = np.asarray(labels_pred)
-    on_case_grid = pred.shape == tuple(prepared.record.case_shape)
-    if on_case_grid:
-        pred_case, tumour_frac = pred, token_tumour_fraction(prepared, pred, hw)
+    if pred.shape == tuple(prepared.record.case_shape):
+        tumour_frac = token_tumour_fraction(prepared, pred, hw)
     else:
-        pred_case = prepared.labels_to_case_grid(pred)
         tumour_frac = F.adaptive_avg_pool2d((torch.as_tensor(pred) > 0).float()[:, None], hw)[:, 0].numpy()
     in_brain = token_brain.numpy().reshape(-1)
-    weights = np.stack(
-        [np.ones(len(codes), np.float32), tumour_frac.reshape(-1)[in_brain]]
-    )  # (2, brain tokens)
+    weights = np.stack([np.ones(len(codes), np.float32), tumour_frac.reshape(-1)[in_brain]])
     total, tumour = mm(weights, codes)  # (d_sae,) each, float32 sums as on the token maps
     top_total, top_tumour = _rank(total, top_k), _rank(tumour, top_k)
     selected = sorted(set(top_total) | set(top_tumour))
@@ -212,13 +228,7 @@ def summarise_latents(
     if selected:
         shown = codes[:, selected] if pre is None else exact_columns(sae, tokens, pre, selected).cpu().numpy()
         tok[:, in_brain] = shown.T
-    tok = torch.from_numpy(tok.reshape(len(selected), n_slices, *hw))
-    brain = np.asarray(prepared.brain_mask, dtype=bool)
-    stats = _voxel_stats(selected, tok.numpy(), prepared, brain, pred_case, label_gt, affine)
-    for j in selected:
-        stats[j].total_activation, stats[j].tumour_activation = float(total[j]), float(tumour[j])
-    token_maps = {j: tok[i] for i, j in enumerate(selected)}
-    return VolumeLatents(top_total, top_tumour, stats, token_maps, prepared, brain)
+    return top_total, top_tumour, total, tumour, torch.from_numpy(tok.reshape(len(selected), -1, *hw))
 
 
 def _count_labels(labels: np.ndarray) -> np.ndarray:
