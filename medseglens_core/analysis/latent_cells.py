@@ -17,7 +17,7 @@ mixed pattern, a per-geometry table when the block lies wholly inside the brain,
 sums over the pattern's active brain pixels, computed once per distinct (block, pattern) that
 any latent uses. Label counts (predicted and ground-truth NCR/SNFH/ET inside the brain) are
 kept only for blocks that hold a label. Value sums are each corner's bilinear weight times
-``(1, dx, dy)``, offsets from the piece's first pixel so that float32 sums stay accurate; a
+``(1, i, j)``, offsets from the crop box's corner so that float32 sums stay accurate; a
 latent's activation sums weight them by its corner codes.
 
 The maximum is not a sum: :func:`active_max` takes it from the upsampled maps of the few slices
@@ -138,10 +138,10 @@ class CellGeometry:
         active: ``(n_pieces * 16, P)`` float32, row ``piece * 16 + pattern``: 1 where the pixel is
             active under the pattern.
         values: ``(n_pieces, P, 13)`` float32 per pixel: 1, then each corner's bilinear weight x
-            ``(1, dx, dy)``, ``(dx, dy)`` voxels from the piece's first pixel; 0 at padding.
+            ``(1, i, j)``, ``(i, j)`` the voxel's offset from the crop box's corner; 0 at padding.
         whole: ``(n_pieces * 16, 13)`` float32 ``values`` summed over each pattern's active pixels
             (the sums of a block that lies wholly inside the brain).
-        origin: ``(n_pieces, 2)`` float64 case-grid ``(x, y)`` of each piece's first pixel.
+        origin: ``(2,)`` float64 case-grid ``(x, y)`` of the crop box's corner.
         n_valid: ``(n_pieces,)`` pixels of each piece (the rest is padding).
         n_pix: crop pixels per slice, ``cx * cy``.
     """
@@ -175,43 +175,26 @@ def cell_geometry(record: Any, hw: tuple[int, int]) -> CellGeometry:
     a0, a1 = ax.lo[rows[:, 0]][:, None], ax.hi[rows[:, 0]][:, None]
     b0, b1 = ay.lo[cols[:, 0]][None, :], ay.hi[cols[:, 0]][None, :]
     corners = np.stack([a0 * w + b0, a0 * w + b1, a1 * w + b0, a1 * w + b1], -1).reshape(-1, 4)
-    # per pixel: 1, corner weights x (1, dx, dy) from the piece's first pixel, so float32 sums
-    # stay accurate; ``origin`` adds that pixel's case-grid (x, y) back
+    # per pixel: 1, corner weights x (1, i, j) with (i, j) from the crop box's corner (small
+    # numbers keep float32 sums accurate; ``origin`` adds the corner back)
     weight = (
         np.stack([ax.w_lo, ax.w_hi], 1)[:, None, :, None] * np.stack([ay.w_lo, ay.w_hi], 1)[None, :, None, :]
     )
-    corner_w = np.r_[weight.reshape(n_pix, 4), np.zeros((1, 4))][pixels]  # (n_pieces, P, 4)
-    dx = (r - rows[:, 0, None, None, None]).reshape(n_pieces, -1)
-    dy = (c - cols[None, :, 0, None, None]).reshape(n_pieces, -1)
-    rel = np.stack([np.ones_like(dx), dx, dy], -1)  # (n_pieces, P, 3)
-    values = np.concatenate(
-        [valid[..., None], (corner_w[..., None] * rel[:, :, None, :]).reshape(n_pieces, -1, 12)], -1
-    )
-    values = values.astype(np.float32)
-    origin = (
-        np.stack(np.meshgrid(x0 + rows[:, 0], y0 + cols[:, 0], indexing="ij"), -1)
-        .reshape(-1, 2)
-        .astype(np.float64)
-    )
+    ij = np.stack(np.meshgrid(np.arange(cx), np.arange(cy), indexing="ij"), -1).reshape(n_pix, 1, 2)
+    geo = weight.reshape(n_pix, 4, 1) * np.concatenate([np.ones((n_pix, 1, 1)), ij], -1)  # (n_pix, 4, 3)
+    per_pixel = np.zeros((n_pix + 1, N_VALUE), dtype=np.float32)
+    per_pixel[:n_pix, 0] = 1.0
+    per_pixel[:n_pix, 1:] = geo.reshape(n_pix, 12)
+    values = per_pixel[pixels]  # (n_pieces, P, 13)
     act = np.r_[masks.reshape(n_pix, N_PATTERNS), np.zeros((1, N_PATTERNS), bool)][
         pixels
     ]  # (n_pieces, P, 16)
     active = np.ascontiguousarray(act.transpose(0, 2, 1), dtype=np.float32)
     whole = mm(active, values).reshape(-1, N_VALUE)
+    origin = np.array([x0, y0], dtype=np.float64)
     return CellGeometry(
         pixels, corners, active.reshape(-1, pixels.shape[1]), values, whole, origin, valid.sum(1), n_pix
     )
-
-
-def _label_lut(with_gt: bool) -> np.ndarray:
-    """``(17, 6)`` label columns of voxel code ``brain * (1 + pred + 4 * gt)`` (GT columns 0 without GT)."""
-    lut = np.zeros((17, 6), dtype=np.float32)
-    for pred in range(1, 4):
-        lut[1 + pred + 4 * np.arange(4), pred - 1] = 1.0
-    if with_gt:
-        for gt in range(1, 4):
-            lut[1 + np.arange(4) + 4 * gt, 2 + gt] = 1.0
-    return lut
 
 
 @dataclass(frozen=True)
@@ -221,25 +204,23 @@ class CaseBlocks:
     Attributes:
         geom: the :class:`CellGeometry`.
         inside: ``(n_blocks, P)`` float32, 1 on brain voxels.
-        codes: ``(n_blocks, P)`` uint8 voxel code ``brain * (1 + pred + 4 * gt)`` (0..16).
         full: ``(n_blocks, 13)`` float32 block sums when all four corners fire.
-        full_labels: ``(n_blocks, 6)`` float32 label counts when all four corners fire.
         inside_all: ``(n_blocks,)`` bool, the block lies wholly inside the brain.
         partial: ``(n_blocks,)`` bool, the block is partly inside the brain.
-        labelled: ``(n_blocks,)`` bool, the block holds a labelled voxel.
-        lut: ``(17, 6)`` label columns of each code.
+        label_row: ``(n_blocks,)`` int64 row of the block in ``labels``, -1 without a label.
+        labels: ``(n_labelled * 16, 6)`` float32 label counts of each labelled block's active
+            pixels under each pattern, row ``label_row * 16 + pattern``: predicted
+            NCR/SNFH/ET, ground-truth NCR/SNFH/ET (0 without ground truth).
         n_slices: Z'.
     """
 
     geom: CellGeometry
     inside: np.ndarray
-    codes: np.ndarray
     full: np.ndarray
-    full_labels: np.ndarray
     inside_all: np.ndarray
     partial: np.ndarray
-    labelled: np.ndarray
-    lut: np.ndarray
+    label_row: np.ndarray
+    labels: np.ndarray
     n_slices: int
 
 
@@ -256,47 +237,42 @@ def case_blocks(geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.
     inside = np.minimum(codes, 1).astype(np.float32)
     full = mm(inside.reshape(n_pieces, z, n_p), geom.values).reshape(-1, N_VALUE)
     n_valid = np.repeat(geom.n_valid, z)
-    lut = _label_lut(gt is not None)
-    labelled = (codes > 1).any(1)
-    full_labels = np.zeros((n_pieces * z, 6), dtype=np.float32)
-    rows = np.flatnonzero(labelled)
-    if len(rows):
-        full_labels[rows] = _label_sums(codes[rows], inside[rows], lut)
     inside_all = full[:, 0] == n_valid
     partial = (full[:, 0] > 0) & ~inside_all
-    return CaseBlocks(geom, inside, codes, full, full_labels, inside_all, partial, labelled, lut, z)
+    rows = np.flatnonzero((codes > 1).any(1))  # blocks holding a label (the tumour region)
+    label_row = np.full(n_pieces * z, -1)
+    label_row[rows] = np.arange(len(rows))
+    labels = _label_tables(geom, codes, rows, z)
+    return CaseBlocks(geom, inside, full, inside_all, partial, label_row, labels, z)
 
 
-def _label_sums(codes: np.ndarray, weights: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """``(n, 6)``: label columns summed over each row's pixels, pixel ``p`` weighted by ``weights[:, p]``."""
-    n = codes.shape[0]
-    bins = (np.arange(n)[:, None] * lut.shape[0] + codes).ravel()
-    hist = np.bincount(bins, weights=weights.ravel(), minlength=n * lut.shape[0]).reshape(n, -1)
-    return mm(hist.astype(np.float32), lut)
-
-
-def _active_inside(blocks: CaseBlocks, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(piece, mask (n, P))`` of ``keys = block * 16 + pattern``: active brain pixels of each."""
-    block, pattern = keys // N_PATTERNS, keys % N_PATTERNS
-    piece = block // blocks.n_slices
-    return piece, blocks.inside[block] * blocks.geom.active[piece * N_PATTERNS + pattern]
+def _label_tables(geom: CellGeometry, codes: np.ndarray, rows: np.ndarray, z: int) -> np.ndarray:
+    """``(len(rows) * 16, 6)`` label counts of blocks ``rows`` under every pattern, one matmul per piece."""
+    lut = np.zeros((6, 17), dtype=np.float32)  # label columns of each code brain * (1 + pred + 4 * gt)
+    for lab in range(1, 4):
+        lut[lab - 1, 1 + lab + 4 * np.arange(4)] = 1.0
+        lut[2 + lab, 1 + np.arange(4) + 4 * lab] = 1.0
+    out = np.empty((len(rows), N_PATTERNS, 6), dtype=np.float32)
+    bounds = np.searchsorted(rows // z, np.arange(len(geom.values) + 1))
+    active = geom.active.reshape(len(geom.values), N_PATTERNS, -1)
+    for c in np.flatnonzero(np.diff(bounds)):  # rows are sorted by piece
+        lo, hi = bounds[c], bounds[c + 1]
+        per_pixel = np.take(lut, codes[rows[lo:hi]], axis=1).reshape(6 * (hi - lo), -1)  # (6 * m, P)
+        out[lo:hi] = mm(per_pixel, active[c].T).reshape(6, hi - lo, N_PATTERNS).transpose(1, 2, 0)
+    return out.reshape(-1, 6)
 
 
 def _partial_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:
     """``(n, 13)`` float32 sums of blocks partly inside the brain at mixed patterns (``keys`` sorted)."""
-    piece, mask = _active_inside(blocks, keys)
+    block, pattern = keys // N_PATTERNS, keys % N_PATTERNS
+    piece = block // blocks.n_slices
+    mask = blocks.inside[block] * blocks.geom.active[piece * N_PATTERNS + pattern]  # active brain pixels
     out = np.empty((len(keys), N_VALUE), dtype=np.float32)
     bounds = np.searchsorted(piece, np.arange(len(blocks.geom.values) + 1))
     for c in np.flatnonzero(np.diff(bounds)):  # keys are sorted by piece
         lo, hi = bounds[c], bounds[c + 1]
         out[lo:hi] = mm(mask[lo:hi], blocks.geom.values[c])
     return out
-
-
-def _mixed_label_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:
-    """``(n, 6)`` label counts of labelled blocks at mixed patterns."""
-    _, mask = _active_inside(blocks, keys)
-    return _label_sums(blocks.codes[keys // N_PATTERNS], mask, blocks.lut)
 
 
 def _used_keys(keys: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -334,20 +310,14 @@ def latent_sums(blocks: CaseBlocks, tok: np.ndarray) -> tuple[np.ndarray, np.nda
     row = np.where(need, 1 + n_blocks + len(geom.whole) + slot[key], row)
     sums = table[row.reshape(n_s * z, n_pieces)]  # (S * Z', pieces, 13)
     # label counts: only labelled blocks have any
-    need = mixed & blocks.labelled[block]
-    keys, slot = _used_keys(key[need], n_blocks)
-    table = np.concatenate(
-        [np.zeros((1, 6), np.float32), blocks.full_labels, _mixed_label_sums(blocks, keys)]
-    )
-    row = np.where(full & blocks.labelled[block], 1 + block, 0)
-    row = np.where(need, 1 + n_blocks + slot[key], row)
-    labels = table[row.reshape(n_s * z, n_pieces)]  # (S * Z', pieces, 6)
-    counts = np.concatenate([sums[..., 0].sum(1, keepdims=True), labels.sum(1)], -1).astype(np.float64)
-    geo = sums[..., 1:].reshape(n_s * z, n_pieces * 4, 3)
-    cv = cv.reshape(n_s * z, 1, n_pieces * 4)
-    value = mm(cv, np.ascontiguousarray(geo))[:, 0].astype(np.float64)  # (1, dx, dy) sums
-    mass = (cv.reshape(n_s * z, n_pieces, 4) * geo[..., 0].reshape(n_s * z, n_pieces, 4)).sum(-1)
-    value[:, 1:] += mass.astype(np.float64) @ geom.origin  # (dx, dy) -> case-grid (x, y)
+    lab = blocks.label_row[block]
+    row = np.where((pattern != 0) & (lab >= 0), 1 + lab * N_PATTERNS + pattern, 0)
+    labels = np.concatenate([np.zeros((1, 6), np.float32), blocks.labels])[row.reshape(n_s * z, n_pieces)]
+    ones = np.ones((1, 1, n_pieces), np.float32)
+    counts = np.concatenate([mm(ones, sums[..., :1]), mm(ones, labels)], -1)[:, 0].astype(np.float64)
+    geo = np.ascontiguousarray(sums[..., 1:]).reshape(n_s * z, n_pieces * 4, 3)
+    value = mm(cv.reshape(n_s * z, 1, n_pieces * 4), geo)[:, 0].astype(np.float64)  # sums of v, v*i, v*j
+    value[:, 1:] += value[:, :1] * geom.origin  # (i, j) -> case-grid (x, y)
     return counts.reshape(n_s, z, 7), value.reshape(n_s, z, 3)
 
 
