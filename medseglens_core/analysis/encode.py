@@ -101,9 +101,23 @@ def encode_fast(sae: SAELike, tokens: torch.Tensor) -> tuple[torch.Tensor, torch
 
     if not isinstance(sae, SAE):
         return sae.encode(tokens).float(), None
-    x = tokens.to(sae.W_enc.device, torch.float32) * sae.scale - sae.b_dec
+    x = _centred(sae, tokens, torch.float32)
     pre = torch.addmm(sae.b_enc, x, sae.W_enc)
     return sae.activation(pre), pre
+
+
+def _centred(sae: Any, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tokens * sae.scale - sae.b_dec`` in ``dtype`` on the SAE's device (``SAE.pre_acts``'s input).
+
+    On the CPU in numpy: IEEE-identical, and no round trip through torch's thread pool for two
+    small elementwise ops.
+    """
+    device = sae.W_enc.device
+    if device.type != "cpu" or tokens.device.type != "cpu":
+        return tokens.to(device, dtype) * sae.scale - sae.b_dec.to(dtype)
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    x = tokens.detach().numpy().astype(np_dtype) * np_dtype(sae.scale)
+    return torch.from_numpy(x - sae.b_dec.detach().numpy().astype(np_dtype))
 
 
 @torch.no_grad()
@@ -118,7 +132,7 @@ def exact_columns(sae: SAELike, tokens: torch.Tensor, pre: torch.Tensor, latents
     only for a pre-activation tied with the k-th to float32 precision).
     """
     cols = torch.as_tensor(latents, dtype=torch.long, device=pre.device)
-    x = tokens.to(pre.device, torch.float64) * sae.scale - sae.b_dec.double()
+    x = _centred(sae, tokens, torch.float64)
     exact = torch.addmm(sae.b_enc[cols].double(), x, sae.W_enc[:, cols].double()).float()
     pre[:, cols] = exact
     return sae.activation(pre)[:, cols]
@@ -155,8 +169,9 @@ def brain_token_mask(brain: torch.Tensor, hw: tuple[int, int], min_fraction: flo
     z, hh, ww = brain.shape
     if hh % hw[0] == 0 and ww % hw[1] == 0 and brain.device.type == "cpu":
         # equal patches: a plain mean (the same values as area pooling, several times faster)
-        patches = brain.numpy().reshape(z, hw[0], hh // hw[0], hw[1], ww // hw[1])
-        frac = patches.sum(axis=(2, 4), dtype=np.float32) / np.float32(patches.shape[2] * patches.shape[4])
+        patches = brain.numpy().view(np.uint8).reshape(z, hw[0], hh // hw[0], hw[1], ww // hw[1])
+        count = patches.sum(axis=4, dtype=np.int32).sum(axis=2)  # brain pixels per patch (exact)
+        frac = count.astype(np.float32) / np.float32(patches.shape[2] * patches.shape[4])
         return torch.from_numpy(frac >= min_fraction)
     else:
         frac = F.adaptive_avg_pool2d(brain.float()[:, None], hw)[:, 0]

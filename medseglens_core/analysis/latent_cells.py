@@ -57,6 +57,32 @@ def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
+def _by_group(group: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lay items out per group for ONE padded batched product (not one product per group).
+
+    Groups with more than ``cap`` items are split into chunks of ``cap`` so that padding stays
+    small. Returns ``(groups, index, g, slot)``: the group of each chunk, ``index (n_chunks,
+    width)`` of each chunk's items in order (-1 pads), and each item's place ``(g, slot)``.
+    """
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    first = np.r_[True, sorted_group[1:] != sorted_group[:-1]]
+    pos = np.arange(len(group)) - np.maximum.accumulate(np.where(first, np.arange(len(group)), 0))
+    new_chunk = first | (pos % cap == 0)
+    chunk = np.cumsum(new_chunk) - 1
+    g, slot = np.empty_like(chunk), np.empty_like(pos)
+    g[order], slot[order] = chunk, pos % cap
+    width = int(slot.max(initial=-1)) + 1
+    index = np.full((int(chunk[-1]) + 1 if len(chunk) else 0, width), -1, dtype=np.int64)
+    index[g, slot] = np.arange(len(group))
+    return sorted_group[new_chunk], index, g, slot
+
+
+def _bmm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One batched float32 product through torch (a single parallel region)."""
+    return torch.bmm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
 @dataclass(frozen=True)
 class _AxisReads:
     """Which two tokens each output pixel along one axis reads, and their bilinear weights."""
@@ -247,32 +273,29 @@ def case_blocks(geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.
 
 
 def _label_tables(geom: CellGeometry, codes: np.ndarray, rows: np.ndarray, z: int) -> np.ndarray:
-    """``(len(rows) * 16, 6)`` label counts of blocks ``rows`` under every pattern, one matmul per piece."""
-    lut = np.zeros((6, 17), dtype=np.float32)  # label columns of each code brain * (1 + pred + 4 * gt)
+    """``(len(rows) * 16, 6)`` label counts of blocks ``rows`` (sorted) under every pattern."""
+    lut = np.zeros((6, 17), dtype=np.float32)  # label columns of code brain * (1 + pred + 4 * gt)
     for lab in range(1, 4):
         lut[lab - 1, 1 + lab + 4 * np.arange(4)] = 1.0
         lut[2 + lab, 1 + np.arange(4) + 4 * lab] = 1.0
-    out = np.empty((len(rows), N_PATTERNS, 6), dtype=np.float32)
-    bounds = np.searchsorted(rows // z, np.arange(len(geom.values) + 1))
-    active = geom.active.reshape(len(geom.values), N_PATTERNS, -1)
-    for c in np.flatnonzero(np.diff(bounds)):  # rows are sorted by piece
-        lo, hi = bounds[c], bounds[c + 1]
-        per_pixel = np.take(lut, codes[rows[lo:hi]], axis=1).reshape(6 * (hi - lo), -1)  # (6 * m, P)
-        out[lo:hi] = mm(per_pixel, active[c].T).reshape(6, hi - lo, N_PATTERNS).transpose(1, 2, 0)
-    return out.reshape(-1, 6)
+    groups, index, g, slot = _by_group(rows // z, cap=16)
+    padded = np.r_[codes[rows], np.zeros((1, codes.shape[1]), codes.dtype)]  # index -1: the zero row
+    codes = padded[index]  # (pieces, width, P)
+    per_pixel = np.take(lut.T, codes.transpose(0, 2, 1), axis=0)  # (pieces, P, width, 6)
+    active = geom.active.reshape(len(geom.values), N_PATTERNS, -1)[groups]  # (pieces, 16, P)
+    out = _bmm(active, per_pixel.reshape(*per_pixel.shape[:2], -1)).reshape(len(groups), N_PATTERNS, -1, 6)
+    return out[g, :, slot].reshape(-1, 6)
 
 
 def _partial_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:
     """``(n, 13)`` float32 sums of blocks partly inside the brain at mixed patterns (``keys`` sorted)."""
     block, pattern = keys // N_PATTERNS, keys % N_PATTERNS
     piece = block // blocks.n_slices
-    mask = blocks.inside[block] * blocks.geom.active[piece * N_PATTERNS + pattern]  # active brain pixels
-    out = np.empty((len(keys), N_VALUE), dtype=np.float32)
-    bounds = np.searchsorted(piece, np.arange(len(blocks.geom.values) + 1))
-    for c in np.flatnonzero(np.diff(bounds)):  # keys are sorted by piece
-        lo, hi = bounds[c], bounds[c + 1]
-        out[lo:hi] = mm(mask[lo:hi], blocks.geom.values[c])
-    return out
+    groups, index, g, slot = _by_group(piece, cap=32)
+    sel = np.maximum(index, 0)  # padding reads item 0 and is zeroed
+    mask = blocks.inside[block[sel]] * blocks.geom.active[piece[sel] * N_PATTERNS + pattern[sel]]
+    mask[index < 0] = 0.0  # (pieces, width, P): active brain pixels
+    return _bmm(mask, blocks.geom.values[groups])[g, slot]
 
 
 def _used_keys(keys: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
