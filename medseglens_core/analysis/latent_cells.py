@@ -46,14 +46,12 @@ N_VALUE = 1 + 4 * 3
 
 
 def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` (batched like ``np.matmul``); products above 65536 multiply-adds go through torch.
+    """``a @ b`` (batched like ``np.matmul``) for float arrays, always through torch.
 
-    numpy's own BLAS multithreads large products with a second thread pool whose spinning
-    threads compete with torch's for the same cores (measured: a 2 x 914 x 1024 product took
-    24 ms instead of 0.2 ms); small ones stay single-threaded in numpy, where they are cheapest.
+    numpy's own BLAS multithreads even small batched products with a second thread pool whose
+    spinning threads then compete with torch's for the same cores (measured: a 2 x 914 x 1024
+    product took 24 ms instead of 0.2 ms); one pool for the whole pass avoids that.
     """
-    if a.shape[-2] * a.shape[-1] * b.shape[-1] < 65536:
-        return np.matmul(a, b)
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
@@ -76,11 +74,6 @@ def _by_group(group: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, np.n
     index = np.full((int(chunk[-1]) + 1 if len(chunk) else 0, width), -1, dtype=np.int64)
     index[g, slot] = np.arange(len(group))
     return sorted_group[new_chunk], index, g, slot
-
-
-def _bmm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One batched float32 product through torch (a single parallel region)."""
-    return torch.bmm(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 @dataclass(frozen=True)
@@ -283,7 +276,7 @@ def _label_tables(geom: CellGeometry, codes: np.ndarray, rows: np.ndarray, z: in
     codes = padded[index]  # (pieces, width, P)
     per_pixel = np.take(lut.T, codes.transpose(0, 2, 1), axis=0)  # (pieces, P, width, 6)
     active = geom.active.reshape(len(geom.values), N_PATTERNS, -1)[groups]  # (pieces, 16, P)
-    out = _bmm(active, per_pixel.reshape(*per_pixel.shape[:2], -1)).reshape(len(groups), N_PATTERNS, -1, 6)
+    out = mm(active, per_pixel.reshape(*per_pixel.shape[:2], -1)).reshape(len(groups), N_PATTERNS, -1, 6)
     return out[g, :, slot].reshape(-1, 6)
 
 
@@ -295,7 +288,7 @@ def _partial_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:
     sel = np.maximum(index, 0)  # padding reads item 0 and is zeroed
     mask = blocks.inside[block[sel]] * blocks.geom.active[piece[sel] * N_PATTERNS + pattern[sel]]
     mask[index < 0] = 0.0  # (pieces, width, P): active brain pixels
-    return _bmm(mask, blocks.geom.values[groups])[g, slot]
+    return mm(mask, blocks.geom.values[groups])[g, slot]
 
 
 def _used_keys(keys: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -336,10 +329,10 @@ def latent_sums(blocks: CaseBlocks, tok: np.ndarray) -> tuple[np.ndarray, np.nda
     lab = blocks.label_row[block]
     row = np.where((pattern != 0) & (lab >= 0), 1 + lab * N_PATTERNS + pattern, 0)
     labels = np.concatenate([np.zeros((1, 6), np.float32), blocks.labels])[row.reshape(n_s * z, n_pieces)]
-    ones = np.ones((1, 1, n_pieces), np.float32)
-    counts = np.concatenate([mm(ones, sums[..., :1]), mm(ones, labels)], -1)[:, 0].astype(np.float64)
-    geo = np.ascontiguousarray(sums[..., 1:]).reshape(n_s * z, n_pieces * 4, 3)
-    value = mm(cv.reshape(n_s * z, 1, n_pieces * 4), geo)[:, 0].astype(np.float64)  # sums of v, v*i, v*j
+    counts = np.concatenate([sums[..., 0].sum(1, keepdims=True), labels.sum(1)], -1).astype(np.float64)
+    geo = sums[..., 1:].reshape(n_s * z, n_pieces * 4, 3)
+    # sums of v, v*i, v*j; einsum's own loop (no BLAS: a matrix-vector product per row)
+    value = np.einsum("bk,bkg->bg", cv.reshape(n_s * z, n_pieces * 4), geo).astype(np.float64)
     value[:, 1:] += value[:, :1] * geom.origin  # (i, j) -> case-grid (x, y)
     return counts.reshape(n_s, z, 7), value.reshape(n_s, z, 3)
 

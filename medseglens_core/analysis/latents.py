@@ -263,7 +263,7 @@ def _voxel_stats(
     n = np.rint(counts[..., 0].sum(1)).astype(np.int64)
     inter = np.rint(counts[..., 1:].sum(1)).astype(np.int64)  # (S, 6): pred NCR/SNFH/ET, GT NCR/SNFH/ET
     z = np.arange(z0, z1, dtype=np.float64)
-    moments = np.concatenate([value.sum(1), (value[..., 0] @ z)[:, None]], 1)  # sum v, v*x, v*y, v*z
+    moments = np.concatenate([value.sum(1), (value[..., 0] * z).sum(1, keepdims=True)], 1)  # v, v*x, v*y, v*z
     size_pred = [int(np.count_nonzero(pred == lab)) for lab in LABEL_NAMES]
     size_gt = [int(np.count_nonzero(gt == lab)) for lab in LABEL_NAMES] if gt is not None else None
     stats = {}
