@@ -24,7 +24,10 @@ The maximum is not a sum: :func:`active_max` takes it from the upsampled maps of
 that can hold it (those whose largest token code is above the best value found so far).
 
 Cells are cut into pieces of at most ``ceil(padded / tokens)`` pixels per side so the batched
-matmuls waste little on padding (the first cell also holds the clamped border pixels).
+matmuls waste little on padding (the first cell also holds the clamped border pixels). The
+per-piece products are laid out as one padded batch each (:func:`_by_group`) and every float
+product goes through torch (:func:`mm`): one thread pool and a handful of parallel regions per
+case, which matters when the cores are shared.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ N_PATTERNS = 16
 FULL = N_PATTERNS - 1  # all four corners fire
 #: Pattern bit of each cell corner, corners ordered (a0, b0), (a0, b1), (a1, b0), (a1, b1).
 CORNER_BITS = (1, 2, 4, 8)
-#: Columns of a block's value sums: active brain voxels, then 4 corners x weight x (1, x, y).
+#: Columns of a block's value sums: active brain voxels, then 4 corners x weight x (1, i, j).
 N_VALUE = 1 + 4 * 3
 
 
@@ -271,6 +274,8 @@ def _label_tables(geom: CellGeometry, codes: np.ndarray, rows: np.ndarray, z: in
     for lab in range(1, 4):
         lut[lab - 1, 1 + lab + 4 * np.arange(4)] = 1.0
         lut[2 + lab, 1 + np.arange(4) + 4 * lab] = 1.0
+    if not len(rows):
+        return np.zeros((0, 6), dtype=np.float32)
     groups, index, g, slot = _by_group(rows // z, cap=16)
     padded = np.r_[codes[rows], np.zeros((1, codes.shape[1]), codes.dtype)]  # index -1: the zero row
     codes = padded[index]  # (pieces, width, P)

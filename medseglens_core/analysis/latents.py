@@ -228,7 +228,13 @@ def _rank_latents(
     if selected:
         shown = codes[:, selected] if pre is None else exact_columns(sae, tokens, pre, selected).cpu().numpy()
         tok[:, in_brain] = shown.T
-    return top_total, top_tumour, total, tumour, torch.from_numpy(tok.reshape(len(selected), -1, *hw))
+    return (
+        top_total,
+        top_tumour,
+        total,
+        tumour,
+        torch.from_numpy(tok.reshape(len(selected), *token_brain.shape)),
+    )
 
 
 def _count_labels(labels: np.ndarray) -> np.ndarray:

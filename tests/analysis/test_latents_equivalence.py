@@ -172,3 +172,19 @@ def test_pattern_masks_match_upsampled_activity_maps(n_tok, n_out, start, length
         torch.arange(length)[:, None], torch.arange(n_out + 3)[None, :], pattern
     ]
     assert torch.equal(expected, up)
+
+
+def test_summary_without_labels_or_firing_latents():
+    """A healthy case (nothing predicted, no ground truth) and an SAE whose latents never fire."""
+    case = odd_case()
+    prepared, h = hook_activations(case, (6, 6))
+    healthy = np.zeros_like(case.label)
+    sae = random_sae("batchtopk")
+    new = summarise_latents(sae, h, prepared, healthy, None, top_k=5, affine=case.geometry.affine)
+    assert_same_summary(new, frozen_summary(sae, h, prepared, healthy, None, 5, affine=case.geometry.affine))
+    assert new.top_tumour == [] and all(s.overlap_pred["SNFH"]["iou"] == 0.0 for s in new.stats.values())
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+    silent = summarise_latents(sae, h, prepared, predicted(case), case.label, top_k=5)
+    assert silent.top_total == [] and silent.top_tumour == [] and silent.stats == {}
+    assert silent.to_dict() == {"top_total": [], "top_tumour": [], "latents": []}
