@@ -250,12 +250,7 @@ def case_blocks(geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.
     """Blocks of one case from crop-box arrays ``(cx, cy, Z')``: brain mask, predicted and GT labels (uint8 0..3)."""
     z = brain.shape[-1]
     n_pieces, n_p = geom.pixels.shape
-    code = np.add(pred, 1, dtype=np.uint8)
-    if gt is not None:
-        code += gt * np.uint8(4)
-    code *= brain
-    flat = np.r_[code.reshape(geom.n_pix, z), np.zeros((1, z), np.uint8)]
-    codes = np.ascontiguousarray(flat[geom.pixels].transpose(0, 2, 1)).reshape(n_pieces * z, n_p)
+    codes = _block_codes(geom, brain, pred, gt)
     inside = np.minimum(codes, 1).astype(np.float32)
     full = mm(inside.reshape(n_pieces, z, n_p), geom.values).reshape(-1, N_VALUE)
     n_valid = np.repeat(geom.n_valid, z)
@@ -268,21 +263,46 @@ def case_blocks(geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.
     return CaseBlocks(geom, inside, full, inside_all, partial, label_row, labels, z)
 
 
-def _label_tables(geom: CellGeometry, codes: np.ndarray, rows: np.ndarray, z: int) -> np.ndarray:
-    """``(len(rows) * 16, 6)`` label counts of blocks ``rows`` (sorted) under every pattern."""
-    lut = np.zeros((6, 17), dtype=np.float32)  # label columns of code brain * (1 + pred + 4 * gt)
-    for lab in range(1, 4):
-        lut[lab - 1, 1 + lab + 4 * np.arange(4)] = 1.0
-        lut[2 + lab, 1 + np.arange(4) + 4 * lab] = 1.0
+def _block_codes(
+    geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.ndarray | None
+) -> np.ndarray:
+    """``(n_blocks, P)`` uint8 voxel code ``brain * (1 + pred + 4 * gt)`` of every block (0 at padding)."""
+    z = brain.shape[-1]
+    code = np.add(pred, 1, dtype=np.uint8)
+    if gt is not None:
+        code += gt * np.uint8(4)
+    code *= brain
+    flat = np.r_[code.reshape(geom.n_pix, z), np.zeros((1, z), np.uint8)]
+    return np.ascontiguousarray(flat[geom.pixels].transpose(0, 2, 1)).reshape(-1, geom.pixels.shape[1])
+
+
+def _label_tables(
+    geom: CellGeometry, codes: np.ndarray, rows: np.ndarray, z: int, pack: bool = True
+) -> np.ndarray:
+    """``(len(rows) * 16, 6)`` label counts of blocks ``rows`` (sorted) under every pattern.
+
+    With ``pack``, two counts share each float32 channel as ``lo + base * hi`` with ``base`` above
+    the block's pixel count, so every partial sum is an integer below 2**24 and exact (half the
+    work); pieces too large for that use one channel per count.
+    """
     if not len(rows):
         return np.zeros((0, 6), dtype=np.float32)
+    base = codes.shape[1] + 1
+    per_code = np.zeros((17, 6), dtype=np.float32)  # label columns of code brain * (1 + pred + 4 * gt)
+    for lab in range(1, 4):
+        per_code[1 + lab + 4 * np.arange(4), lab - 1] = 1.0
+        per_code[1 + np.arange(4) + 4 * lab, 2 + lab] = 1.0
+    lut = per_code[:, ::2] + base * per_code[:, 1::2] if pack and base * base < 2**24 else per_code
     groups, index, g, slot = _by_group(rows // z, cap=16)
     padded = np.r_[codes[rows], np.zeros((1, codes.shape[1]), codes.dtype)]  # index -1: the zero row
-    codes = padded[index]  # (pieces, width, P)
-    per_pixel = np.take(lut.T, codes.transpose(0, 2, 1), axis=0)  # (pieces, P, width, 6)
-    active = geom.active.reshape(len(geom.values), N_PATTERNS, -1)[groups]  # (pieces, 16, P)
-    out = mm(active, per_pixel.reshape(*per_pixel.shape[:2], -1)).reshape(len(groups), N_PATTERNS, -1, 6)
-    return out[g, :, slot].reshape(-1, 6)
+    per_pixel = np.take(lut, padded[index].transpose(0, 2, 1), axis=0)  # (chunks, P, width, channels)
+    active = geom.active.reshape(len(geom.values), N_PATTERNS, -1)[groups]  # (chunks, 16, P)
+    out = mm(active, per_pixel.reshape(*per_pixel.shape[:2], -1))
+    out = out.reshape(len(groups), N_PATTERNS, -1, lut.shape[1])[g, :, slot]  # (n, 16, channels)
+    if lut is per_code:
+        return out.reshape(-1, 6)
+    hi = np.floor(out / base)
+    return np.stack([out - base * hi, hi], -1).reshape(-1, 6)
 
 
 def _partial_sums(blocks: CaseBlocks, keys: np.ndarray) -> np.ndarray:

@@ -14,7 +14,14 @@ from medseglens_core.analysis.encode import (
     exact_columns,
     input_brain_mask,
 )
-from medseglens_core.analysis.latent_cells import _axis_reads, _pattern_masks
+from medseglens_core.analysis.latent_cells import (
+    _axis_reads,
+    _block_codes,
+    _label_tables,
+    _pattern_masks,
+    case_blocks,
+    cell_geometry,
+)
 from medseglens_core.analysis.latents import labels_to_slice_grid, summarise_latents, token_tumour_fraction
 from medseglens_core.data.preprocess import prepare_case
 from medseglens_core.io import Case, Geometry
@@ -86,7 +93,7 @@ def assert_same_summary(new, frozen, case_tol: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize("arch", registered_architectures())
-@pytest.mark.parametrize("grid", [(3, 3), (6, 6), (5, 7), (12, 12), (48, 48)])
+@pytest.mark.parametrize("grid", [(1, 1), (3, 3), (6, 6), (5, 7), (12, 12), (48, 48)])
 def test_summary_equals_frozen_voxel_by_voxel_summary(arch, grid):
     case = odd_case()
     sae = random_sae(arch)
@@ -95,6 +102,8 @@ def test_summary_equals_frozen_voxel_by_voxel_summary(arch, grid):
     for gt in (case.label, None):
         new = summarise_latents(sae, h, prepared, pred, gt, top_k=5, affine=case.geometry.affine)
         assert_same_summary(new, frozen_summary(sae, h, prepared, pred, gt, 5, affine=case.geometry.affine))
+        if grid == (1, 1):  # one token per slice: not brain (under half its patch), nothing fires
+            continue
         assert any(s.active_voxels for s in new.stats.values())
         if gt is not None:
             assert any(s.overlap_gt["SNFH"]["iou"] > 0 for s in new.stats.values())
@@ -188,3 +197,20 @@ def test_summary_without_labels_or_firing_latents():
     silent = summarise_latents(sae, h, prepared, predicted(case), case.label, top_k=5)
     assert silent.top_total == [] and silent.top_tumour == [] and silent.stats == {}
     assert silent.to_dict() == {"top_total": [], "top_tumour": [], "latents": []}
+
+
+def test_packed_label_counts_equal_plain_ones():
+    """Two label counts per float32 channel (the fast path) give the same counts as six channels."""
+    case = odd_case()
+    prepared = prepare_case(case, SIZE)
+    rec = prepared.record
+    x0, x1, y0, y1, z0, z1 = rec.crop
+    box = (slice(x0, x1), slice(y0, y1), slice(z0, z1))
+    geom = cell_geometry(rec, (6, 6))
+    blocks = case_blocks(geom, prepared.brain_mask[box], predicted(case)[box], case.label[box])
+    rows = np.flatnonzero(blocks.label_row >= 0)
+    codes = _block_codes(geom, prepared.brain_mask[box], predicted(case)[box], case.label[box])
+    packed = _label_tables(geom, codes, rows, blocks.n_slices)
+    plain = _label_tables(geom, codes, rows, blocks.n_slices, pack=False)
+    assert packed.shape == plain.shape == (len(rows) * 16, 6) and plain.max() > 1
+    np.testing.assert_array_equal(packed, plain)
