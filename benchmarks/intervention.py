@@ -12,9 +12,10 @@ freshly built at ``--input-size`` with a random BatchTopK SAE of 4x width):
   scoped to the case's true WT dilated by 3 voxels instead (a ``mask`` scope).
 * ``top_latent_overhead``: seconds of ``analysis.latents.analyse_case`` (segmentation plus the
   top-latent summary -- top-10 by total and by in-tumour activation, every statistic of each --
-  in one pass) / seconds of ``segment_case`` on the same case. Target <= 1.15. The two are
-  timed alternately (``segment_baseline_s``, ``segment_with_top_latents_s``) so that both
-  medians see the same load on a shared machine.
+  in one pass) / seconds of ``segment_case`` on the same case. Target <= 1.15. The two run
+  back to back in each repeat (order alternating); the overhead is the median of the per-repeat
+  ratios, so that a load change on a shared machine between repeats does not read as overhead
+  (``segment_baseline_s``, ``segment_with_top_latents_s``: the medians of each).
 
 Timings are medians over ``--repeats`` runs after one warm-up, on the CPU unless CUDA is present.
 
@@ -48,17 +49,18 @@ def _median_s(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _alternating_medians_s(fns: list[Callable[[], Any]], repeats: int) -> list[float]:
-    """Median seconds of each of ``fns``, run in turn ``repeats`` times after one warm-up each."""
+def _paired_times_s(fns: list[Callable[[], Any]], repeats: int) -> list[list[float]]:
+    """Seconds of each of ``fns`` per repeat, run back to back (order reversed every other repeat)."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times, strict=True):
+    for r in range(repeats):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
             t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+            fns[i]()
+            times[i].append(time.perf_counter() - t0)
+    return times
 
 
 def _models(zoo: Path | None, input_size: int) -> list[tuple[str, Any, Any, str]]:
@@ -130,13 +132,15 @@ def bench_one(
     t_local = _median_s(lambda: apply_spec(cache, sae, local, spacing=spacing, mask=mask), repeats)
     t_wide = _median_s(lambda: apply_spec(cache, sae, wide, spacing=spacing), repeats)
     res = apply_spec(cache, sae, local, spacing=spacing, mask=mask)
-    t_seg, t_lat = _alternating_medians_s(
+    seg_runs, lat_runs = _paired_times_s(
         [
             lambda: segment_case(model, case, device="cpu"),
             lambda: analyse_case(model, sae, case, hook=hook, input_size=size),
         ],
         repeats,
     )
+    t_seg, t_lat = statistics.median(seg_runs), statistics.median(lat_runs)
+    overhead = statistics.median(lat / seg for lat, seg in zip(lat_runs, seg_runs, strict=True))
     return {
         "model": name,
         "arch": model.arch,
@@ -152,7 +156,7 @@ def bench_one(
         "intervention_all_ratio": round(t_wide / t_full, 3),
         "segment_baseline_s": round(t_seg, 4),
         "segment_with_top_latents_s": round(t_lat, 4),
-        "top_latent_overhead": round(t_lat / t_seg, 3),
+        "top_latent_overhead": round(overhead, 3),
     }
 
 
