@@ -16,6 +16,7 @@ split is scored and the Dice per cohort and region goes on the model card under
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medseglens_core import __version__
+from medseglens_core.determinism import TRAIN_THREADS
 from medseglens_core.io.case import Case
 
 COHORTS = ("adult", "pediatric", "ssa", "healthy")
@@ -47,7 +49,9 @@ class ZooModelSpec:
             bottleneck meets the deepest skip connection. The bottleneck itself is a poor place to
             steer: a U-Net segments largely through its skips, and on the demo zoo the oracle
             recovered 57% of ssa failures from bottleneck edits against 93% from ``dec1``.
-        time_budget_s: wall-clock training budget on the CPU.
+        steps: optimiser steps of the model's training run (the budget: a step count, never
+            seconds, so every build of the same config gives the same weights). SegFormer 360
+            and U-Net 600 steps take about 180 s and 120 s on the 2-core development machine.
         gate_hook: hook of a second SAE (card ``role: gate``) that the recovery benchmark's
             population gate reads instead of the steering SAE. SegFormer ``stage2``: its latents
             tell ssa scans from adult ones (leave-one-out on the calibration scans: 0-1 errors
@@ -61,8 +65,7 @@ class ZooModelSpec:
     arch: str
     config: dict[str, Any]
     sae_hook: str
-    time_budget_s: float
-    steps: int = 4000
+    steps: int
     sae_tokens: int | None = None
     gate_hook: str | None = None
 
@@ -79,6 +82,9 @@ class ZooConfig:
         models: the segmentation models.
         sae_expansion, sae_k, sae_tokens: SAE width (d_sae = expansion * d_in), BatchTopK k and
             training token budget (a model's ``sae_tokens`` overrides the budget).
+        threads: torch CPU threads of every training run. The weights' bits depend on it, so
+            it is part of the config (and of ``config_sha256``); 1 is as fast as 2 on a busy
+            2-core machine and gives the same weights on any core count.
     """
 
     resolution: int = 2
@@ -92,14 +98,19 @@ class ZooConfig:
         }
     )
     models: tuple[ZooModelSpec, ...] = (
-        ZooModelSpec(
-            "segformer-b0-adult", "segformer", {"variant": "b0"}, "stage3", 180.0, gate_hook="stage2"
-        ),
-        ZooModelSpec("unet-adult", "unet", {}, "dec1", 120.0, sae_tokens=8_000_000),
+        ZooModelSpec("segformer-b0-adult", "segformer", {"variant": "b0"}, "stage3", 360, gate_hook="stage2"),
+        ZooModelSpec("unet-adult", "unet", {}, "dec1", 600, sae_tokens=8_000_000),
     )
     sae_expansion: int = 4
     sae_k: int = 32
     sae_tokens: int = 4_000_000
+    threads: int = TRAIN_THREADS
+
+
+def config_sha256(cfg: ZooConfig | dict[str, Any]) -> str:
+    """sha256 of a zoo config as canonical JSON (sorted keys): the same for the same build recipe."""
+    data = asdict(cfg) if isinstance(cfg, ZooConfig) else cfg
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 SPLIT_OFFSETS = {"train": 0, "val": 1000, "test": 2000}
@@ -187,13 +198,13 @@ def build_models(zoo: Path, cfg: ZooConfig, progress: Progress | None = None) ->
             continue
         if train is None:
             train, val = load_split(zoo, "adult", "train"), load_split(zoo, "adult", "val")
-        _say(progress, f"model: training {spec.model_id} ({spec.arch}) for up to {spec.time_budget_s:.0f}s")
+        _say(progress, f"model: training {spec.model_id} ({spec.arch}) for {spec.steps} steps")
         tcfg = TrainConfig(
             arch=spec.arch,
             model=dict(spec.config),
             steps=spec.steps,
-            time_budget_s=spec.time_budget_s,
             seed=cfg.seed,
+            num_threads=cfg.threads,
         )
         result = train_on_cases(tcfg, train, val, progress_bar=progress is not None)
         _say(progress, f"model: scoring {spec.model_id} on every cohort's test split")
@@ -235,6 +246,7 @@ def build_saes(zoo: Path, cfg: ZooConfig, progress: Progress | None = None) -> N
                 token_budget=spec.sae_tokens or cfg.sae_tokens,
                 seed=cfg.seed,
                 card_extra=extra,
+                threads=cfg.threads,
             )
             m = card.get("metrics", {})
             keys = ("explained_variance", "dead_fraction")
@@ -269,9 +281,26 @@ def build_zoo(
         t0 = time.perf_counter()
         step(zoo, cfg, progress)
         timings[name] = round(time.perf_counter() - t0, 1)
-    summary = {"package_version": __version__, "config": asdict(cfg), "timings_s": timings}
+    summary = {
+        "package_version": __version__,
+        "config": asdict(cfg),
+        "config_sha256": config_sha256(cfg),
+        "weights_sha256": weights_sha256(zoo),
+        "timings_s": timings,
+    }
     (zoo / "zoo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def weights_sha256(zoo: str | Path) -> dict[str, str]:
+    """``{"models/<id>": sha256, "saes/<id>": sha256}`` of every weights file, as the cards record them."""
+    out: dict[str, str] = {}
+    for kind in ("models", "saes"):
+        for card in sorted(Path(zoo).glob(f"{kind}/*/card.json")):
+            sha = json.loads(card.read_text()).get("weights_sha256")
+            if sha:
+                out[f"{kind}/{card.parent.name}"] = sha
+    return out
 
 
 def is_built(zoo: str | Path) -> bool:

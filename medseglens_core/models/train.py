@@ -1,9 +1,12 @@
 """Training a 2-D segmentation model on prepared slices, with validation on whole volumes.
 
 DiceCE loss (softmax, one-hot targets, batch Dice), AdamW, linear warm-up then cosine decay,
-tumour-balanced slice sampling, light augmentation, bf16 autocast on CUDA. The schedule runs
-on the fraction of the budget spent, ``max(step / steps, elapsed / time_budget_s)``, so a
-caller can bound training by steps, by seconds, or both. Validation runs the volume inference
+tumour-balanced slice sampling, light augmentation, bf16 autocast on CUDA. Training is budgeted
+in optimiser steps only, and the schedule runs on ``step / steps``, so the same config and seed
+give byte-identical weights on the same machine kind (the run is seeded and runs inside
+:func:`medseglens_core.determinism.deterministic`: fixed thread count, deterministic algorithms).
+``time_budget_s`` is only a safety limit: a run past it stops with :class:`TrainingTimeLimit`
+and saves nothing. Validation runs the volume inference
 path on held-out cases and scores Dice per cohort and region (WT, TC, ET and the SNFH label);
 the checkpoint with the best mean WT + SNFH Dice is kept.
 """
@@ -23,6 +26,7 @@ import torch
 
 from medseglens_core.data.preprocess import PreparedCase, prepare_case
 from medseglens_core.data.slices import SliceDataset, augment
+from medseglens_core.determinism import TRAIN_THREADS, deterministic
 from medseglens_core.errors import InvalidInput, NotFound
 from medseglens_core.models.base import SegModel, build_model
 from medseglens_core.models.inference import predict_slices, probs_to_labels, resolve_device
@@ -37,8 +41,10 @@ class TrainConfig:
     Attributes:
         arch: "segformer" or "unet".
         model: architecture config (e.g. ``{"input_size": 96}``); defaults per architecture.
-        steps: optimiser steps at most (default 1500).
-        time_budget_s: wall-clock seconds at most for the whole run incl. validation (None: no limit).
+        steps: optimiser steps (default 1500): the budget and the schedule's length.
+        time_budget_s: wall-clock safety limit in seconds for the whole run incl. validation
+            (None: none). Exceeding it aborts with :class:`TrainingTimeLimit`; it never shortens
+            the run, so it cannot make two runs differ.
         batch_size: slices per step (default 16).
         lr: peak learning rate (default 2e-3); weight_decay: AdamW decay (1e-4).
         warmup_frac: fraction of the budget spent on linear warm-up (0.05).
@@ -47,8 +53,9 @@ class TrainConfig:
         augment: flips and intensity scale/shift (default True).
         seed: seeds weights, sampling and augmentation.
         device: "auto" (CUDA when available), "cpu", "cuda".
-        num_threads: torch intra-op CPU threads during the run, restored afterwards (None: leave
-            as is). On a busy machine 1 thread is often faster than 2: OpenMP barriers stall.
+        num_threads: torch intra-op CPU threads during the run, restored afterwards (default
+            :data:`~medseglens_core.determinism.TRAIN_THREADS`, 1). The bits of the weights depend
+            on it (CPU reductions split by thread); on a busy machine 1 thread is as fast as 2.
     """
 
     arch: str = "unet"
@@ -64,7 +71,11 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     device: str = "auto"
-    num_threads: int | None = None
+    num_threads: int = TRAIN_THREADS
+
+
+class TrainingTimeLimit(InvalidInput):
+    """A training run went past its wall-clock safety limit (``time_budget_s``)."""
 
 
 @dataclass
@@ -159,24 +170,21 @@ def train_on_cases(
     """
     if cfg.steps < 1:
         raise InvalidInput(f"steps must be >= 1, got {cfg.steps}")
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    model = build_model(cfg.arch, **cfg.model).to(device)
-    size = model.cfg.input_size
-    data = SliceDataset.from_cases(train_cases, size)
-    val = [
-        _ValCase(c.case_id, c.cohort or "unknown", prepare_case(c, size), np.asarray(c.label))
-        for c in val_cases
-        if c.label is not None
-    ]
-    loop = _Loop(cfg, model, device, data, val, progress, progress_bar)
-    threads = torch.get_num_threads()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    if cfg.num_threads < 1:
+        raise InvalidInput(f"num_threads must be >= 1, got {cfg.num_threads}")
+    with deterministic(cfg.num_threads):
+        torch.manual_seed(cfg.seed)
+        device = resolve_device(cfg.device)
+        model = build_model(cfg.arch, **cfg.model).to(device)
+        size = model.cfg.input_size
+        data = SliceDataset.from_cases(train_cases, size)
+        val = [
+            _ValCase(c.case_id, c.cohort or "unknown", prepare_case(c, size), np.asarray(c.label))
+            for c in val_cases
+            if c.label is not None
+        ]
+        loop = _Loop(cfg, model, device, data, val, progress, progress_bar)
         history, best = loop.run()
-    finally:
-        torch.set_num_threads(threads)
     model.load_state_dict(best["state"])
     model.to("cpu").eval()
     card = {
@@ -188,6 +196,9 @@ def train_on_cases(
             "steps": loop.step,
             "best_step": best["step"],
             "config": asdict(cfg),
+            "seed": cfg.seed,
+            "threads": cfg.num_threads,
+            "torch_version": torch.__version__,
             "time_s": round(loop.elapsed, 1),
             "device": str(device),
         },
@@ -211,10 +222,16 @@ class _Loop:
         self.step, self.elapsed, self.t0 = 0, 0.0, 0.0
 
     def _frac(self) -> float:
-        frac = self.step / self.cfg.steps
-        if self.cfg.time_budget_s:
-            frac = max(frac, self.elapsed / self.cfg.time_budget_s)
-        return min(frac, 1.0)
+        return min(self.step / self.cfg.steps, 1.0)
+
+    def _check_time(self) -> None:
+        limit = self.cfg.time_budget_s
+        if limit and time.perf_counter() - self.t0 > limit:
+            raise TrainingTimeLimit(
+                f"training stopped at step {self.step} of {self.cfg.steps}: past the wall-clock limit "
+                f"of {limit:g} s; nothing was saved. Raise the limit or lower --steps "
+                "(the step budget, not the clock, decides the weights)"
+            )
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -242,12 +259,13 @@ class _Loop:
         best: dict[str, Any] = {"score": -1.0, "step": 0, "dice": {}, "state": None}
         self.t0 = time.perf_counter()
         losses: list[float] = []
-        while self.step < self.cfg.steps and self._frac() < 1.0:
+        while self.step < self.cfg.steps:
+            self._check_time()
             losses.append(self.train_step())
             self.step += 1
             self.elapsed = time.perf_counter() - self.t0
             bar.update(1)
-            done = self.step >= self.cfg.steps or self._frac() >= 1.0
+            done = self.step >= self.cfg.steps
             if self.step % self.cfg.val_every == 0 or done:
                 event = self._checkpoint(float(np.mean(losses[-self.cfg.val_every :])), best)
                 history.append(event)

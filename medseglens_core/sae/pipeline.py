@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medseglens_core.determinism import TRAIN_THREADS, deterministic
 from medseglens_core.errors import NotFound
 from medseglens_core.sae.base import SAEConfig
 from medseglens_core.sae.collect import collect_activations
@@ -76,6 +77,7 @@ def train_sae_for_model(
     fidelity_cases: int = 8,
     sae_id: str | None = None,
     card_extra: dict[str, Any] | None = None,
+    threads: int | None = TRAIN_THREADS,
 ) -> dict[str, Any]:
     """Collect, train, evaluate and save one SAE; returns the card written to ``out/card.json``.
 
@@ -89,68 +91,78 @@ def train_sae_for_model(
         should_stop: polled during collection and training (cancellation).
         background_keep: fraction of background tokens kept at collection.
         fidelity_cases: at most this many held-out cases are used for splice fidelity.
+        threads: torch CPU threads for the whole run (None: leave as is). Collection, training
+            and evaluation run inside :func:`~medseglens_core.determinism.deterministic`, so the
+            same arguments give a byte-identical ``sae_weights.safetensors`` on the same machine
+            kind; the training length is ``token_budget // batch_size`` steps (or ``steps``).
     """
     from medseglens_core.models.card import load_model
 
-    dev = resolve_device(device)
-    model, mcard = load_model(model_dir, device=dev)
-    hook = hook or model.default_hook
-    train_cases, held_cases = split_cases(data_dir, cohorts)
-    emit = (lambda phase: lambda d: progress({"phase": phase, **d})) if progress else (lambda phase: None)
-    model_id = str(mcard.get("id", Path(model_dir).name))
-    with tempfile.TemporaryDirectory(prefix="medseglens-acts-") as tmp:
-        common = dict(background_keep=background_keep, seed=seed, model_id=model_id, should_stop=should_stop)
-        shards = collect_activations(
-            model,
-            hook,
-            [p for p, _ in train_cases],
-            Path(tmp) / "train",
-            cohorts=[c for _, c in train_cases],
-            progress=emit("collect"),
-            **common,
-        )
-        eval_shards = None
-        if held_cases:
-            eval_shards = collect_activations(
+    with deterministic(threads):
+        dev = resolve_device(device)
+        model, mcard = load_model(model_dir, device=dev)
+        hook = hook or model.default_hook
+        train_cases, held_cases = split_cases(data_dir, cohorts)
+        emit = (lambda phase: lambda d: progress({"phase": phase, **d})) if progress else (lambda phase: None)
+        model_id = str(mcard.get("id", Path(model_dir).name))
+        with tempfile.TemporaryDirectory(prefix="medseglens-acts-") as tmp:
+            common = dict(
+                background_keep=background_keep, seed=seed, model_id=model_id, should_stop=should_stop
+            )
+            shards = collect_activations(
                 model,
                 hook,
-                [p for p, _ in held_cases],
-                Path(tmp) / "val",
-                cohorts=[c for _, c in held_cases],
+                [p for p, _ in train_cases],
+                Path(tmp) / "train",
+                cohorts=[c for _, c in train_cases],
+                progress=emit("collect"),
                 **common,
             )
-        cfg = SAEConfig(arch=arch, d_in=shards.d_in, d_sae=expansion * shards.d_in, k=k, seed=seed)
-        sae, metrics = train_sae(
-            cfg,
-            shards,
-            eval_shards=eval_shards,
-            token_budget=token_budget,
-            steps=steps,
-            device=dev,
-            progress=emit("train"),
-            should_stop=should_stop,
-        )
-        n_tokens = shards.n_tokens
-    fid_cases = held_cases[:fidelity_cases] if held_cases else train_cases[:fidelity_cases]
-    if progress:
-        progress({"phase": "evaluate", "cases": len(fid_cases)})
-    fid = splice_fidelity(model, sae, hook, [p for p, _ in fid_cases], cohorts=[c for _, c in fid_cases])
-    metrics["fidelity"] = {
-        key: fid[key] for key in ("n_cases", "splice_vs_original", "gt_original", "gt_spliced")
-    }
-    metrics["fidelity"]["on"] = "held_out" if held_cases else "train"
-    card = {
-        "id": sae_id or Path(out).name,
-        "model_id": model_id,
-        "model_architecture": model.arch,
-        "hook": hook,
-        "cohorts": list(cohorts),
-        "case_ids": [p.name for p, _ in train_cases],
-        "held_out_case_ids": [p.name for p, _ in held_cases],
-        "expansion": expansion,
-        "background_keep": background_keep,
-        "collected_tokens": n_tokens,
-        "metrics": metrics,
-        **(card_extra or {}),
-    }
-    return save_sae(sae.cpu(), out, card)
+            eval_shards = None
+            if held_cases:
+                eval_shards = collect_activations(
+                    model,
+                    hook,
+                    [p for p, _ in held_cases],
+                    Path(tmp) / "val",
+                    cohorts=[c for _, c in held_cases],
+                    **common,
+                )
+            cfg = SAEConfig(arch=arch, d_in=shards.d_in, d_sae=expansion * shards.d_in, k=k, seed=seed)
+            sae, metrics = train_sae(
+                cfg,
+                shards,
+                eval_shards=eval_shards,
+                token_budget=token_budget,
+                steps=steps,
+                device=dev,
+                progress=emit("train"),
+                should_stop=should_stop,
+            )
+            n_tokens = shards.n_tokens
+        fid_cases = held_cases[:fidelity_cases] if held_cases else train_cases[:fidelity_cases]
+        if progress:
+            progress({"phase": "evaluate", "cases": len(fid_cases)})
+        fid = splice_fidelity(model, sae, hook, [p for p, _ in fid_cases], cohorts=[c for _, c in fid_cases])
+        metrics["fidelity"] = {
+            key: fid[key] for key in ("n_cases", "splice_vs_original", "gt_original", "gt_spliced")
+        }
+        metrics["fidelity"]["on"] = "held_out" if held_cases else "train"
+        card = {
+            "id": sae_id or Path(out).name,
+            "model_id": model_id,
+            "model_architecture": model.arch,
+            "hook": hook,
+            "cohorts": list(cohorts),
+            "case_ids": [p.name for p, _ in train_cases],
+            "held_out_case_ids": [p.name for p, _ in held_cases],
+            "expansion": expansion,
+            "background_keep": background_keep,
+            "collected_tokens": n_tokens,
+            "seed": seed,
+            "token_budget": token_budget,
+            "threads": threads,
+            "metrics": metrics,
+            **(card_extra or {}),
+        }
+        return save_sae(sae.cpu(), out, card)

@@ -20,9 +20,12 @@ def train_model_cmd(
     ],
     out: Annotated[Path, typer.Option(help="Output model folder, e.g. ZOO/models/unet-adult.")],
     cohorts: Annotated[str, typer.Option(help="Comma-separated training cohorts.")] = "adult",
-    steps: Annotated[int, typer.Option(help="Optimiser steps at most.")] = 1500,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Optimiser steps: the training budget (and the LR schedule's length).")
+    ] = 1500,
     time_budget: Annotated[
-        float | None, typer.Option(help="Wall-clock seconds at most (incl. validation).")
+        float | None,
+        typer.Option(help="Wall-clock safety limit in seconds: past it the run aborts, saving nothing."),
     ] = None,
     input_size: Annotated[
         int | None, typer.Option(help="Square slice size in pixels (default per architecture).")
@@ -31,11 +34,13 @@ def train_model_cmd(
     batch_size: Annotated[int, typer.Option(help="Slices per step.")] = 16,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
     val_every: Annotated[int, typer.Option(help="Steps between validations.")] = 100,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed (same seed, steps and threads: byte-identical weights).")
+    ] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
-    ] = None,
+        int, typer.Option(min=1, help="CPU threads for torch; the weights' bits depend on it.")
+    ] = 1,
     model_id: Annotated[
         str | None, typer.Option("--id", help="Model id (default: the output folder's name).")
     ] = None,
@@ -62,9 +67,8 @@ def train_model_cmd(
     )
     names = [c.strip() for c in cohorts.split(",") if c.strip()]
     card = train_model(cfg, data, names, out, model_id=model_id, progress_bar=True)
-    typer.echo(
-        json.dumps({"id": card["id"], "out": str(out), "validation_dice": card["validation_dice"]}, indent=2)
-    )
+    summary = {"id": card["id"], "out": str(out), "weights_sha256": card["weights_sha256"]}
+    typer.echo(json.dumps(summary | {"validation_dice": card["validation_dice"]}, indent=2))
 
 
 @app.command("segment")

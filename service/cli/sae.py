@@ -26,24 +26,25 @@ def train_sae_cmd(
     expansion: Annotated[int, typer.Option(help="d_sae = expansion * d_in.")] = 8,
     k: Annotated[int, typer.Option(help="Active latents per token (mean for BatchTopK).")] = 32,
     tokens: Annotated[
-        int, typer.Option(help="Training token budget (1M under-trains: held-out EV 0.85 vs 0.92 at 2M).")
+        int,
+        typer.Option(
+            min=1,
+            help="Training token budget: tokens // batch size steps (1M under-trains: EV 0.85 vs 0.92 at 2M).",
+        ),
     ] = 2_000_000,
     steps: Annotated[int | None, typer.Option(help="Training steps (overrides --tokens).")] = None,
     background_keep: Annotated[float, typer.Option(help="Fraction of background tokens kept.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed (same seed, tokens and threads: byte-identical weights).")
+    ] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
-    ] = None,
+        int, typer.Option(min=1, help="CPU threads for torch; the weights' bits depend on it.")
+    ] = 1,
     progress: Annotated[bool, typer.Option(help="Print progress lines on stderr.")] = True,
 ) -> None:
     """Collect activations at a hook, train an SAE, evaluate it (tokens + splice Dice) and save it."""
-    import torch
-
     from medseglens_core.sae.pipeline import train_sae_for_model
-
-    if threads is not None:
-        torch.set_num_threads(threads)
 
     def report(info: dict) -> None:
         if info.get("phase") == "train":
@@ -71,5 +72,7 @@ def train_sae_cmd(
         device=device,
         steps=steps,
         background_keep=background_keep,
+        threads=threads,
     )
-    typer.echo(json.dumps({"id": card["id"], "hook": card["hook"], "metrics": card["metrics"]}, indent=2))
+    summary = {"id": card["id"], "hook": card["hook"], "weights_sha256": card["weights_sha256"]}
+    typer.echo(json.dumps(summary | {"metrics": card["metrics"]}, indent=2))

@@ -91,3 +91,45 @@ def test_train_model_cli_writes_a_loadable_model(tmp_path):
     assert card["id"] == "unet-tiny" and card["training"]["case_ids"] == ["t0", "t1"]
     assert card["training"]["val_case_ids"] == ["t2"] and "adult" in card["validation_dice"]
     assert json.loads((out / "card.json").read_text())["weights_sha256"] == card["weights_sha256"]
+
+
+def _train_cli(tmp_path, out, seed: int, threads: int = 1) -> bytes:
+    from service.cli import _register, app
+
+    _register()
+    args = ["train-model", "--arch", "unet", "--data", str(tmp_path / "data"), "--out", str(out)]
+    args += ["--steps", "6", "--val-every", "3", "--input-size", "32", "--batch-size", "4", "--device", "cpu"]
+    args += ["--seed", str(seed), "--threads", str(threads)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output[result.output.rindex('{\n  "id"') :])
+    assert printed["weights_sha256"] == json.loads((out / "card.json").read_text())["weights_sha256"]
+    return (out / "weights.safetensors").read_bytes()
+
+
+def test_same_seed_and_steps_give_byte_identical_weights(tmp_path):
+    for i in range(3):
+        case = planted_case(shape=(24, 24, 6), seed=i, case_id=f"d{i}")
+        split = "val" if i == 2 else "train"
+        write_case_dir(case, tmp_path / "data" / "adult" / split / f"d{i}", np.diag([2.0, 2.0, 2.0, 1.0]))
+    torch.set_num_threads(2)  # the run fixes its own thread count, whatever the caller's
+    first = _train_cli(tmp_path, tmp_path / "a", seed=3)
+    torch.set_num_threads(1)
+    assert _train_cli(tmp_path, tmp_path / "b", seed=3) == first
+    assert torch.get_num_threads() == 1 and not torch.are_deterministic_algorithms_enabled()  # restored
+    assert _train_cli(tmp_path, tmp_path / "c", seed=4) != first
+
+
+def test_the_wall_clock_limit_aborts_with_a_message_and_never_shortens_the_run():
+    from medseglens_core.models.train import TrainingTimeLimit
+
+    cases = [planted_case(seed=s, case_id=f"p{s}") for s in range(2)]
+    cfg = TrainConfig(
+        arch="unet", model=TINY["unet"], steps=3, batch_size=4, device="cpu", time_budget_s=1e-9
+    )
+    with pytest.raises(TrainingTimeLimit, match="past the wall-clock limit"):
+        train_on_cases(cfg, cases)
+    roomy = TrainConfig(
+        arch="unet", model=TINY["unet"], steps=3, batch_size=4, device="cpu", time_budget_s=3600
+    )
+    assert train_on_cases(roomy, cases).card["training"]["steps"] == 3

@@ -178,3 +178,21 @@ def test_train_sae_cli(tiny):
     printed = json.loads(res.output)
     assert printed["hook"] == "bottleneck" and "explained_variance" in printed["metrics"]
     assert (root / "s" / "sae_weights.safetensors").is_file()
+    assert printed["weights_sha256"] == json.loads((root / "s" / "card.json").read_text())["weights_sha256"]
+
+
+def test_train_sae_with_the_same_seed_and_tokens_gives_byte_identical_weights(tiny):
+    from medseglens_core.models.card import save_model
+
+    model, root = tiny
+    save_model(model, {"id": "tiny-unet"}, root / "m")
+    weights = []
+    for run, (seed, threads) in enumerate([(1, 1), (1, 1), (2, 1)]):
+        torch.set_num_threads(2 - run % 2)  # the caller's thread count does not matter
+        card = train_sae_for_model(
+            root / "m", root / "data", ["adult", "ssa"], None, "batchtopk", 4, 4, root / f"s{run}",
+            token_budget=3 * 4096, seed=seed, device="cpu", threads=threads,
+        )  # fmt: skip
+        assert card["seed"] == seed and card["metrics"]["train_steps"] == 3
+        weights.append((root / f"s{run}" / "sae_weights.safetensors").read_bytes())
+    assert weights[0] == weights[1] and weights[0] != weights[2]
