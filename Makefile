@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format openapi bench clean
+.PHONY: setup run test lint format openapi results bench clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test: setup lint
 
 openapi: setup
 	$(BIN)/medseglens openapi > openapi/openapi.json
+
+# The README's result tables from a built zoo's cards and reports: `make results ZOO=zoo`.
+ZOO ?= zoo
+results: setup
+	$(BIN)/medseglens zoo results --zoo $(ZOO) --format markdown
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

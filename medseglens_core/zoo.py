@@ -283,6 +283,7 @@ def build_zoo(
         timings[name] = round(time.perf_counter() - t0, 1)
     summary = {
         "package_version": __version__,
+        "source_commit": source_commit(),
         "config": asdict(cfg),
         "config_sha256": config_sha256(cfg),
         "weights_sha256": weights_sha256(zoo),
@@ -290,6 +291,24 @@ def build_zoo(
     }
     (zoo / "zoo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def source_commit() -> str | None:
+    """The git commit of the package's source tree, when it runs from a checkout (else None)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = done.stdout.strip()
+    return sha if done.returncode == 0 and len(sha) == 40 else None
 
 
 def weights_sha256(zoo: str | Path) -> dict[str, str]:

@@ -1,8 +1,9 @@
-"""CLI commands: ``medseglens zoo build``."""
+"""CLI commands: ``medseglens zoo build``, ``medseglens zoo results``."""
 
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -34,3 +35,29 @@ def build(
 
     summary = build_zoo(out, ZooConfig(seed=seed, resolution=resolution), progress=say)
     typer.echo(f"zoo built at {out} in {sum(summary['timings_s'].values()):.0f}s: {summary['timings_s']}")
+
+
+class ResultsFormat(StrEnum):
+    markdown = "markdown"
+    json = "json"
+
+
+@zoo_app.command("results")
+def results(
+    zoo: Path = typer.Option(..., "--zoo", help="A built zoo directory."),
+    fmt: ResultsFormat = typer.Option(
+        ResultsFormat.markdown, "--format", help="markdown (the README's tables) or json."
+    ),
+    recovery: list[Path] = typer.Option(
+        [], "--recovery", help="Extra recovery.json files (repeatable); the zoo's own are always read."
+    ),
+) -> None:
+    """Print the result tables (Dice per cohort, SAE metrics, diff counts, recovery, OOD) from the
+    zoo's cards and reports; nothing is recomputed."""
+    import json
+
+    from medseglens_core.analysis.results import results_markdown, zoo_results
+
+    doc = zoo_results(zoo, recovery)
+    as_json = fmt == ResultsFormat.json
+    typer.echo(json.dumps(doc, indent=2) if as_json else results_markdown(doc), nl=as_json)
