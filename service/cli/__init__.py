@@ -25,7 +25,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module adds its commands to ``app`` on import.
-    from service.cli import analysis, data, interventions, models, sae, server, worker, zoo  # noqa: F401
+    from service.cli import analysis, data, dicom, interventions, models, sae, server, worker, zoo  # noqa: F401
 
 
 def main() -> None:
