@@ -139,9 +139,11 @@ def run_worker(
     jobs_run, wait = 0, 1.0
     try:
         while not stopping.is_set():
-            worker = _make_worker(redis_url, queue, runtime.worker_id)
-            _install_stop_handlers(worker, runtime, stopping)
             try:
+                # RQ's Worker talks to Redis in its constructor: a Redis that is down when the worker
+                # starts (or restarts between loops) must be retried here, not kill the process.
+                worker = _make_worker(redis_url, queue, runtime.worker_id)
+                _install_stop_handlers(worker, runtime, stopping)
                 worked = worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
                 jobs_run += int(worker.successful_job_count + worker.failed_job_count)
                 if burst or stopping.is_set() or worker._stop_requested:

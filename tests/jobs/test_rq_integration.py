@@ -184,3 +184,34 @@ def test_worker_reconnects_when_redis_comes_back(tmp_path, monkeypatch):
         server.terminate()
         server.wait(5)
     assert "retrying" in log or "reconnect" in log.lower()
+
+
+def test_worker_started_before_redis_waits_for_it(tmp_path, monkeypatch):
+    """A worker whose Redis is not up yet retries with back-off instead of dying (was a traceback)."""
+    import shutil
+
+    require_redis()
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed (needed to start a private Redis)")
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    zoo = make_zoo(tmp_path / "zoo")
+    worker = start_worker(tmp_path / "data", zoo, url)
+    server = api = None
+    try:
+        time.sleep(4.0)  # the worker has tried Redis at least once and found nothing
+        assert worker.poll() is None, "worker died while Redis was down"
+        server = _redis_server(port)
+        api = Api(tmp_path / "data", zoo, url)
+        job_id = api.submit({"tokens": 2}).json()["id"]
+        assert api.wait(job_id, lambda j: j["state"] == "succeeded", timeout=60)["attempts"] == 1
+    finally:
+        if api is not None:
+            api.close()
+        log = stop_worker(worker)
+        if server is not None:
+            server.terminate()
+            server.wait(5)
+    assert "Redis unreachable" in log
