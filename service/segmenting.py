@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from service import trust
 from service.cases import load_volume_case
 from service.models_db import Volume
 from service.pool import ModelPool, Resident
@@ -114,7 +115,7 @@ def segment(
 
     Returns the summary stored with the segmentation: ``hook``, ``region_volumes_ml``, ``scores``
     (``metrics.score_segmentation`` or None), ``top_latents`` (ranked by total activation),
-    ``timings`` (seconds) and ``prefix_cache_hit``.
+    ``timings`` (seconds), ``prefix_cache_hit``, ``ood`` and ``provenance`` (``service.trust``).
     """
     from medseglens_core.analysis.latents import summarise_latents
     from medseglens_core.metrics import region_volumes_ml, score_segmentation
@@ -132,6 +133,9 @@ def segment(
         )
         top = [_top_latent(summary.stats[j]) for j in summary.top_total]
     timings["latents_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ood = trust.ood_block(pool, model, sae, entry, storage.root)
+    timings["ood_s"] = time.perf_counter() - t0
     scores = score_segmentation(labels, entry.label, entry.spacing) if entry.label is not None else None
     t0 = time.perf_counter()
     write_labels(labels, entry.geometry, out_dir)
@@ -144,6 +148,8 @@ def segment(
         "top_latents": top,
         "timings": {k: round(v, 6) for k, v in timings.items()},
         "prefix_cache_hit": hit,
+        "ood": ood,
+        "provenance": trust.provenance_block(pool, model, sae),
     }
 
 
@@ -239,5 +245,9 @@ def intervene(
     timings["total_s"] = time.perf_counter() - start
     out = result.to_json()
     out["prefix_cache_hit"] = hit
+    t0 = time.perf_counter()
+    out["ood"] = trust.ood_block(pool, model, sae, entry, storage.root)
+    timings["ood_s"] = time.perf_counter() - t0
     out["timings"] = {k: round(v, 6) for k, v in timings.items()}
+    out["provenance"] = trust.provenance_block(pool, model, sae)
     return out

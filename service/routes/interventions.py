@@ -57,6 +57,8 @@ def to_out(row: Intervention) -> InterventionOut:
         prefix_cache_hit=s.get("prefix_cache_hit", False),
         edit_info=s["edits"],
         timings=s.get("timings", {}),
+        ood=s.get("ood"),
+        provenance=s.get("provenance"),
     )
 
 

@@ -90,6 +90,8 @@ def to_out(row: Segmentation) -> SegmentationOut:
         scores=s.get("scores"),
         top_latents=s.get("top_latents", []),
         timings=s.get("timings", {}),
+        ood=s.get("ood"),
+        provenance=s.get("provenance"),
     )
 
 

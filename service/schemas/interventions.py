@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medseglens_core.interventions.spec import Edit, Gate
 from service.schemas.segmentations import CATALOG_PATTERN, ID_PATTERN
+from service.schemas.trust import OOD, Provenance
 
 
 class InterventionCreate(BaseModel):
@@ -86,3 +87,9 @@ class InterventionOut(BaseModel):
     prefix_cache_hit: bool = Field(description="True when the prefix activations came from the cache.")
     edit_info: list[EditInfo]
     timings: dict[str, float]
+    ood: OOD | None = Field(
+        default=None, description="Out-of-distribution flag of the volume (null on older rows)."
+    )
+    provenance: Provenance | None = Field(
+        default=None, description="Weights and versions (null on older rows)."
+    )

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.trust import OOD, Provenance
+
 ID_PATTERN = r"^[0-9a-f]{32}$"
 CATALOG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -85,6 +87,10 @@ class SegmentationOut(BaseModel):
     scores: Scores | None = Field(description="Null when the volume has no label map.")
     top_latents: list[TopLatent]
     timings: dict[str, float] = Field(description="Seconds per stage (load, network, latents, write, total).")
+    ood: OOD | None = Field(default=None, description="Out-of-distribution flag (null on older rows).")
+    provenance: Provenance | None = Field(
+        default=None, description="Weights and versions (null on older rows)."
+    )
 
 
 class SegmentationPage(BaseModel):
