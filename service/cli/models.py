@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -79,8 +79,16 @@ def segment_cmd(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Slices per forward call.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    zoo: Annotated[
+        Path | None,
+        typer.Option(
+            help="Zoo the model belongs to, for the OOD flag's calibration and its main SAE; "
+            "default: the model folder's zoo (MODEL/../..) when it is one."
+        ),
+    ] = None,
 ) -> None:
-    """Segment one case; print region volumes (mL) and, with a label map, Dice and HD95 per region."""
+    """Segment one case; print region volumes (mL), Dice and HD95 per region with a label map,
+    the out-of-distribution flag (``ood``) and the weights' ``provenance``."""
     from medseglens_core.io import load_case, write_label_map
     from medseglens_core.metrics import region_volumes_ml, score_segmentation
     from medseglens_core.models.card import load_model
@@ -99,6 +107,7 @@ def segment_cmd(
     }
     if loaded.label is not None:
         report["scores"] = score_segmentation(seg.labels, loaded.label, spacing)
+    report["ood"], report["provenance"] = _trust_blocks(net, card, model, loaded, zoo, str(seg_device(net)))
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -109,3 +118,53 @@ def segment_cmd(
         for group in ("regions", "labels"):
             for name, s in report["scores"][group].items():
                 typer.echo(f"  {group[:-1]} {name:5s} Dice {s['dice']:.3f}  HD95 {s['hd95']:.1f} mm")
+    ood = report["ood"]
+    if ood["flagged"]:
+        typer.echo("  OUT OF DISTRIBUTION: " + "; ".join(ood["reasons"]))
+    elif not ood["calibrated"]:
+        typer.echo(f"  ood: not calibrated ({ood.get('note', 'no zoo')})")
+
+
+def seg_device(net: Any) -> Any:
+    """The device of the network's weights."""
+    return next(net.parameters()).device
+
+
+def _trust_blocks(
+    net: Any, card: dict[str, Any], model_dir: Path, case: Any, zoo: Path | None, device: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``ood`` (calibrated on ZOO's cases with the model's main SAE, cached like the service's) and
+    ``provenance`` of one CLI segmentation."""
+    from types import SimpleNamespace
+
+    from medseglens_core.analysis.ood import assess, case_profile, uncalibrated
+    from medseglens_core.data.preprocess import prepare_case
+    from medseglens_core.provenance import provenance
+    from service import trust
+    from service.config import Settings
+
+    if zoo is None and (model_dir.resolve().parent.parent / "saes").is_dir():
+        zoo = model_dir.resolve().parent.parent
+    prepared = prepare_case(case, net.cfg.input_size)
+    sae_dir = None
+    if zoo is None:
+        block = assess(None, case_profile(net, None, None, prepared, case.geometry.spacing))
+        block["note"] = uncalibrated("no zoo to calibrate against: pass --zoo")["note"]
+        return block, provenance(model_dir, device=device, model_card=card)
+    from medseglens_core.analysis.encode import resolve_hook
+    from medseglens_core.analysis.zoo import discover_zoo
+    from medseglens_core.sae.io import load_sae
+
+    entry = {e.model_id: e for e in discover_zoo(zoo)}.get(str(card.get("id")))
+    sae = None
+    if entry is not None:
+        sae_dir = entry.sae_dir
+        obj, scard = load_sae(sae_dir)
+        sae = SimpleNamespace(id=entry.sae_id, obj=obj.eval(), card=scard, path=sae_dir)
+    model = SimpleNamespace(id=str(card.get("id")), obj=net, card=card, path=model_dir)
+    cal = trust.calibration(SimpleNamespace(zoo=zoo), model, sae, Settings().data_dir)
+    hook = resolve_hook(net, None, sae.card) if sae is not None else None
+    block = assess(cal, case_profile(net, sae.obj if sae else None, hook, prepared, case.geometry.spacing))
+    if cal.get("note"):
+        block["note"] = cal["note"]
+    return block, provenance(model_dir, sae_dir, zoo=zoo, device=device, model_card=card)

@@ -52,11 +52,14 @@ def resident_model(pool: ModelPool, model_id: str) -> Resident:
 
 
 def resident_sae(pool: ModelPool, sae_id: str | None, model: Resident) -> Resident | None:
-    """The SAE ``sae_id`` (404 unknown, 422 when trained on another model); None -> the model's first
-    SAE by id, or None when it has none."""
+    """The SAE ``sae_id`` (404 unknown, 422 when trained on another model); None -> the model's main
+    SAE by the zoo's rule (``analysis.zoo.discover_zoo``: not a gate or per-cohort SAE, most cohorts,
+    then id), else its first SAE by id, or None when it has none."""
     if sae_id is None:
         own = [s for _, s in sorted(pool.saes.items()) if str(s.card.get("model_id")) == model.id]
-        return own[0] if own else None
+        main = [s for s in own if s.card.get("role") != "gate" and not isinstance(s.card.get("cohort"), str)]
+        main.sort(key=lambda s: -len(s.card.get("cohorts") or []))  # stable: id order among equals
+        return (main or own or [None])[0]
     sae = pool.saes.get(sae_id)
     if sae is None:
         raise ResourceNotFound(f"No SAE {sae_id!r}; list SAEs with GET /v1/saes.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import nibabel as nib
@@ -83,5 +84,9 @@ def test_segment_cli_end_to_end(tmp_path):
     # volumes are those of the written map: voxels x 8 mm^3 / 1000
     assert report["volumes_ml"]["WT"] == pytest.approx((labels > 0).sum() * 8 / 1000)
     assert set(report["scores"]["regions"]) == {"WT", "TC", "ET"}
+    # no zoo beside the model: provenance of the weights, an uncalibrated OOD block saying why
+    sha = hashlib.sha256((tmp_path / "zoo" / "tiny" / "weights.safetensors").read_bytes()).hexdigest()
+    assert report["provenance"]["model_id"] == "tiny" and report["provenance"]["model_sha256"] == sha
+    assert report["ood"]["calibrated"] is False and "--zoo" in report["ood"]["note"]
     text = CliRunner().invoke(app, [*args, "--out", str(out), "--device", "cpu"])
     assert text.exit_code == 0 and "Dice" in text.output and "mL" in text.output
