@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from tests.jobs import fake_tasks  # noqa: F401 - registers the fake trainer behind sae_training
@@ -32,6 +34,10 @@ def test_submit_progress_succeeds_and_sae_is_listed(env):
     sae_id = done["metrics"]["result"]["sae_id"]
     assert done["result_link"] == f"/v1/saes/{sae_id}"
     assert published_saes(zoo) == [sae_id]  # staging removed, one entry published
+    prov = done["metrics"]["result"]["provenance"]
+    weights = zoo / "saes" / sae_id / "sae_weights.safetensors"
+    assert prov["sae_id"] == sae_id and prov["sae_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert prov["model_id"] == "tiny" and prov["device"] == "cpu"
     listed = api.client.get("/v1/saes", headers=api.h(api.read_key)).json()
     assert sae_id in str(listed)
 
@@ -161,5 +167,8 @@ def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatc
         assert doc["sae_id"] == "unet-tiny-sae" and doc["gate_sae_id"] is None
         assert 0.0 <= doc["recovered_fraction"] <= 1.0 and doc["dice_after"] >= doc["dice_before"]
         assert done["metrics"]["result"]["summary"]["n_cases"] == 3
+        weights = zoo / "models" / "unet-tiny" / "weights.safetensors"
+        assert doc["provenance"]["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+        assert done["metrics"]["result"]["provenance"] == doc["provenance"]
     finally:
         api.close()

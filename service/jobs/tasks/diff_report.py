@@ -46,7 +46,21 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         "result_ref": f"/v1/diff-reports/{report_id}",
         "report_id": report_id,
         "models": sorted(report.get("models", {})),
+        "provenance": _provenance(ctx),
     }
+
+
+def _provenance(ctx: JobContext) -> dict[str, Any]:
+    """Per model of the report: the provenance block of the model and its main SAE."""
+    from medseglens_core.analysis.zoo import discover_zoo
+    from medseglens_core.errors import NotFound
+    from medseglens_core.provenance import provenance
+
+    try:
+        entries = discover_zoo(ctx.zoo)
+    except NotFound:  # a zoo without SAEs: no model of it has a report section
+        return {}
+    return {e.model_id: provenance(e.model_dir, e.sae_dir, zoo=ctx.zoo, device=ctx.device) for e in entries}
 
 
 register_task(JobKind.DIFF_REPORT.value, run)

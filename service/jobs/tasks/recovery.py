@@ -62,10 +62,19 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     ctx.check()
     doc["sae_id"] = sae_card.get("id", params.get("sae_id"))
     doc["gate_sae_id"] = gate_id
+    from medseglens_core.provenance import provenance
+
+    sae_dir = ctx.zoo / "saes" / str(doc["sae_id"])
+    doc["provenance"] = provenance(ctx.zoo / "models" / model_id, sae_dir, zoo=ctx.zoo, device=ctx.device)
     out = ctx.workdir
     out.mkdir(parents=True, exist_ok=True)
     write_recovery([doc], out)  # recovery.json + recovery.html
-    return {"result_ref": f"/v1/jobs/{ctx.job_id}/result", "summary": {k: doc.get(k) for k in SUMMARY_KEYS}}
+    summary = {k: doc.get(k) for k in SUMMARY_KEYS}
+    return {
+        "result_ref": f"/v1/jobs/{ctx.job_id}/result",
+        "summary": summary,
+        "provenance": doc["provenance"],
+    }
 
 
 register_task(JobKind.RECOVERY.value, run)

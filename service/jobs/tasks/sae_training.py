@@ -72,7 +72,15 @@ def run(params: dict[str, Any], ctx: JobContext, *, trainer: Trainer | None = No
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(ctx.workdir / "cases", ignore_errors=True)
     ctx.log(f"published SAE {sae_id}")
-    return {"result_ref": f"/v1/saes/{sae_id}", "sae_id": sae_id, "metrics": card.get("metrics", {})}
+    from medseglens_core.provenance import provenance
+
+    prov = provenance(model_dir, saes / sae_id, zoo=ctx.zoo, device=ctx.device)
+    return {
+        "result_ref": f"/v1/saes/{sae_id}",
+        "sae_id": sae_id,
+        "metrics": card.get("metrics", {}),
+        "provenance": prov,
+    }
 
 
 def _trainer_kwargs(
