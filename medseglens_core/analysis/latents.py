@@ -322,7 +322,6 @@ def analyse_case(
     ``models.inference.segment_case`` (same softmax, same mapping back to the case grid).
     """
     from medseglens_core.data.preprocess import prepare_case
-    from medseglens_core.models.inference import probs_to_labels
 
     prepared = prepare_case(case, input_size)
     slices = prepared.slices
@@ -336,6 +335,6 @@ def analyse_case(
             if probs is None:
                 probs = torch.empty((slices.shape[0], *out.shape[1:]), dtype=torch.float32)
             probs[i : i + out.shape[0]] = out
-    labels, _ = probs_to_labels(prepared, probs)
+    labels = prepared.argmax_to_case_grid(probs)  # = probs_to_labels(prepared, probs)[0]
     summary = summarise_latents(sae, hs, prepared, labels, case.label, top_k, affine=case.geometry.affine)
     return labels, summary

@@ -27,15 +27,13 @@ from medseglens_core.models.base import Prefix, SegModel
 def logits_to_labels(prepared: Any, logits: torch.Tensor) -> np.ndarray:
     """Map slice logits ``(Z, 4, H, W)`` to a label map ``(X, Y, Z)`` uint8 on the case grid.
 
-    Softmax over classes, then the volume-inference path (``models.inference.probs_to_labels``:
-    background outside the crop and the brain mask) for a real ``PreparedCase``; any other
+    Softmax over classes, then the volume-inference path (``PreparedCase.argmax_to_case_grid``,
+    the labels of ``models.inference.probs_to_labels``: background outside the crop and the brain mask) for a real ``PreparedCase``; any other
     object only needs ``to_case_grid`` (argmax of the resampled probabilities).
     """
     probs = torch.softmax(logits.float(), dim=1)
     if hasattr(prepared, "record") and hasattr(prepared, "brain_mask"):
-        from medseglens_core.models.inference import probs_to_labels
-
-        return probs_to_labels(prepared, probs)[0]
+        return prepared.argmax_to_case_grid(probs)
     grid = prepared.to_case_grid(probs)
     grid = grid if isinstance(grid, np.ndarray) else grid.detach().cpu().numpy()
     return np.argmax(grid, axis=0).astype(np.uint8)

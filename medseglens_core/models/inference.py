@@ -110,5 +110,7 @@ def segment_case(
     model.to(resolve_device(device))
     prepared = prepare_case(case, model.cfg.input_size)
     probs = predict_slices(model, prepared.slices, batch_size=batch_size)
+    if not return_probs:  # the same labels without the (4, X, Y, Z) float grid
+        return Segmentation(labels=prepared.argmax_to_case_grid(probs), probs=None, prepared=prepared)
     labels, grid = probs_to_labels(prepared, probs)
-    return Segmentation(labels=labels, probs=grid if return_probs else None, prepared=prepared)
+    return Segmentation(labels=labels, probs=grid, prepared=prepared)

@@ -29,7 +29,7 @@ from medseglens_core.data.slices import SliceDataset, augment
 from medseglens_core.determinism import TRAIN_THREADS, deterministic
 from medseglens_core.errors import InvalidInput, NotFound
 from medseglens_core.models.base import SegModel, build_model
-from medseglens_core.models.inference import predict_slices, probs_to_labels, resolve_device
+from medseglens_core.models.inference import predict_slices, resolve_device
 
 SCORED = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,), "SNFH": (2,)}
 
@@ -121,7 +121,7 @@ def _validate(model: SegModel, val: Sequence[_ValCase]) -> dict[str, dict[str, f
     per_cohort: dict[str, list[dict[str, float]]] = {}
     for vc in val:
         probs = predict_slices(model, vc.prepared.slices, batch_size=32)
-        labels, _ = probs_to_labels(vc.prepared, probs)
+        labels = vc.prepared.argmax_to_case_grid(probs)
         scores = region_dice(labels, vc.label)
         per_cohort.setdefault(vc.cohort, []).append(scores)
         per_cohort.setdefault("all", []).append(scores)

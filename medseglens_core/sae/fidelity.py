@@ -82,7 +82,6 @@ def splice_fidelity(
     """
     from medseglens_core.data.preprocess import prepare_case
     from medseglens_core.io import load_case
-    from medseglens_core.models.inference import probs_to_labels
 
     model.eval()
     sae.eval()
@@ -91,8 +90,8 @@ def splice_fidelity(
         case = load_case(case_dir, cohort=None if cohorts is None else cohorts[i])
         prep = prepare_case(case, model.cfg.input_size)
         p_orig, p_spliced = _predict_both(model, sae, hook, prep.slices, batch_size)
-        orig = probs_to_labels(prep, p_orig)[0]
-        spliced = probs_to_labels(prep, p_spliced)[0]
+        orig = prep.argmax_to_case_grid(p_orig)
+        spliced = prep.argmax_to_case_grid(p_spliced)
         row: dict[str, Any] = {
             "case_id": case.case_id,
             "cohort": case.cohort,

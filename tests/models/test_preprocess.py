@@ -57,3 +57,21 @@ def test_empty_volume_raises_a_named_error():
     case = Case(case.case_id, np.zeros_like(case.image), None, case.geometry)
     with pytest.raises(EmptyBrainMask, match="zero"):
         prepare_case(case, 32)
+
+
+@pytest.mark.parametrize("input_size", [24, 17])
+def test_argmax_to_case_grid_equals_the_probability_grid_argmax(input_size):
+    """The fast label path == probs_to_labels' labels, voxel for voxel, ties (first class) included."""
+    from medseglens_core.data.preprocess import first_argmax
+    from medseglens_core.models.inference import probs_to_labels
+
+    case = planted_case(shape=(30, 28, 10))
+    prep = prepare_case(case, input_size)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn((prep.slices.shape[0], 4, input_size, input_size), generator=g)
+    logits[:, 2] = logits[:, 1]  # exact ties between classes 1 and 2 wherever 1 wins
+    probs = torch.softmax(logits, dim=1)
+    fast = prep.argmax_to_case_grid(probs, chunk=3)
+    assert fast.dtype == np.uint8 and np.array_equal(fast, probs_to_labels(prep, probs)[0])
+    assert torch.equal(first_argmax(probs), probs.argmax(dim=1).to(torch.uint8))
+    assert (fast[~prep.brain_mask] == 0).all()
