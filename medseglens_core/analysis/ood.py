@@ -348,3 +348,43 @@ def calibrate_from_zoo(
     elif not doc["calibrated"]:
         doc["note"] = f"fewer than {MIN_CALIBRATION} validation cases: no threshold"
     return doc
+
+
+def cohort_ood(
+    zoo: Any,
+    model: Any,
+    sae: Any | None,
+    hook: str | None,
+    cases: dict[str, list[Any]],
+    cohorts: Sequence[str],
+) -> dict[str, Any]:
+    """The diff report's per-cohort ``ood``: how many of each cohort's cases the flag marks.
+
+    Calibrated exactly as the service calibrates (:func:`calibrate_from_zoo` on the zoo's training
+    and validation cases of ``cohorts``); ``cases`` are loaded :class:`~medseglens_core.io.Case`
+    objects per cohort (the report's cases, never used for calibration).
+    """
+    from medseglens_core.data.preprocess import prepare_case
+
+    cal = calibrate_from_zoo(zoo, model, sae, hook, cohorts)
+    out: dict[str, Any] = {"calibrated": bool(cal.get("calibrated")), "cohorts": {}}
+    if cal.get("note"):
+        out["note"] = cal["note"]
+    for cohort, items in cases.items():
+        blocks = []
+        for case in items:
+            prepared = prepare_case(case, model.cfg.input_size)
+            blocks.append(assess(cal, case_profile(model, sae, hook, prepared, case.geometry.spacing)))
+        scores = [b["score"] for b in blocks if b["score"] is not None]
+        nearest: dict[str, int] = {}
+        for b in blocks:
+            if b["nearest_cohort"] is not None:
+                nearest[b["nearest_cohort"]] = nearest.get(b["nearest_cohort"], 0) + 1
+        out["cohorts"][cohort] = {
+            "n_cases": len(blocks),
+            "n_flagged": sum(b["flagged"] for b in blocks),
+            "flagged_fraction": sum(b["flagged"] for b in blocks) / len(blocks) if blocks else 0.0,
+            "median_score": float(np.median(scores)) if scores else None,
+            "nearest_cohort": nearest,
+        }
+    return out

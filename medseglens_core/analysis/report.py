@@ -18,7 +18,11 @@ JSON schema (``schema_version`` 1; documented also in docs/diff-report.md)::
           "specific": {"<cohort>": [{"latent", "p", "q", "effect", "log2_ratio", "target_rate",
                                      "reference_rate", "direction", "region"}]},
           "reliance": {"<region>": {"<cohort>": [{"latent": int, "attribution": float}]}},
-          "cohort_sae_alignment": [{"cohort_a", "cohort_b", "threshold", "fraction_above", "n_pairs"}]
+          "cohort_sae_alignment": [{"cohort_a", "cohort_b", "threshold", "fraction_above", "n_pairs"}],
+          "ood": {"calibrated": bool, "cohorts": {"<cohort>": {"n_cases", "n_flagged",
+                  "flagged_fraction", "median_score", "nearest_cohort": {"<cohort>": int}}}},
+          "provenance": {"model_id", "model_sha256", "sae_id", "sae_sha256", "package_version",
+                         "zoo_config_sha256", "seed", "device", "torch_version"}
         }
       },
       "crossarch": [{"model_a", "model_b", "shared_fraction", "n_significant", "n_alive_a",
@@ -56,8 +60,10 @@ from medseglens_core.analysis.diff import (
     reliance,
 )
 from medseglens_core.analysis.encode import REGION_NAMES, resolve_hook
+from medseglens_core.analysis.ood import cohort_ood
 from medseglens_core.analysis.zoo import ZooEntry, discover_cohorts, discover_zoo
 from medseglens_core.errors import InvalidInput
+from medseglens_core.provenance import provenance
 
 SCHEMA_VERSION = 1
 REPORT_KEYS = (
@@ -192,6 +198,10 @@ def _pick_source(entries: list[ZooEntry], cohorts: list[str], source: str | None
     return source
 
 
+def _device_of(model: Any) -> str:
+    return str(next(model.parameters()).device)
+
+
 def build_diff_report(
     zoo_dir: Path | str,
     data_dir: Path | str,
@@ -236,6 +246,17 @@ def build_diff_report(
     for entry in entries:
         section, volcano, model, sae = _model_section(
             entry, cases, src, criteria, regions, min_rate, max_slices_per_case, progress
+        )
+        section["ood"] = cohort_ood(
+            zoo_dir,
+            model,
+            sae,
+            section["hook"],
+            cases,
+            [str(c) for c in entry.sae_card.get("cohorts") or cases],
+        )
+        section["provenance"] = provenance(
+            entry.model_dir, entry.sae_dir, zoo=zoo_dir, device=_device_of(model)
         )
         report["models"][entry.model_id] = section
         loaded[entry.model_id] = (model, sae, section["hook"], input_size_of(model, entry.model_card))

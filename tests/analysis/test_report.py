@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -65,6 +66,11 @@ def test_diff_report_cli_end_to_end(tmp_path):
         assert c["shared"] + c["specific"] <= m["d_sae"]
         assert len(m["firing_rate"]["ssa"]) == m["d_sae"]
         assert set(m["reliance"]["SNFH"]) == {"adult", "ssa"}
+        # the tiny zoo has no ZOO/data/train: per-cohort OOD says it is not calibrated, counts cases
+        assert m["ood"]["calibrated"] is False and "no training cases" in m["ood"]["note"]
+        assert {c: v["n_cases"] for c, v in m["ood"]["cohorts"].items()} == {"adult": 3, "ssa": 3}
+        weights = zoo / "models" / m["provenance"]["model_id"] / "weights.safetensors"
+        assert m["provenance"]["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert len(report["crossarch"]) == 1
     x = report["crossarch"][0]
     assert 0.0 <= x["shared_fraction"] <= 1.0 and x["n_perm"] == 20
