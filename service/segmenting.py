@@ -16,7 +16,7 @@ Artefacts of a segmentation or intervention directory::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class CachedVolume:
     label: np.ndarray | None
     geometry: Any
     spacing: tuple[float, float, float]
+    ood: dict[str, Any] = field(default_factory=dict)  # SAE id -> the scan's ood block (trust.ood_block)
 
 
 def hook_of(model: Resident, sae: Resident | None) -> str:
@@ -126,15 +127,17 @@ def segment(
     labels = entry.cache.baseline_labels
     t0 = time.perf_counter()
     top: list[dict[str, Any]] = []
+    rates = None
     if sae is not None:
         hs = [p.h for _, _, p in entry.cache.chunks]
         summary = summarise_latents(
             sae.obj, hs, entry.cache.prepared, labels, entry.label, top_k, affine=entry.geometry.affine
         )
         top = [_top_latent(summary.stats[j]) for j in summary.top_total]
+        rates = summary.firing_rate
     timings["latents_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ood = trust.ood_block(pool, model, sae, entry, storage.root)
+    ood = trust.ood_block(pool, model, sae, entry, storage.root, rates)
     timings["ood_s"] = time.perf_counter() - t0
     scores = score_segmentation(labels, entry.label, entry.spacing) if entry.label is not None else None
     t0 = time.perf_counter()

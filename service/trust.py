@@ -98,17 +98,36 @@ def _load(path: Path, model_sha: str | None, sae_sha: str | None) -> dict[str, A
     return doc
 
 
-def ood_block(pool: Any, model: Any, sae: Any | None, entry: Any, cache_root: Path | None) -> dict[str, Any]:
-    """The scan's ``ood`` block from the cached prefix ``entry`` (``segmenting.CachedVolume``)."""
+def ood_block(
+    pool: Any,
+    model: Any,
+    sae: Any | None,
+    entry: Any,
+    cache_root: Path | None,
+    rates: Any | None = None,
+) -> dict[str, Any]:
+    """The scan's ``ood`` block from the cached prefix ``entry`` (``segmenting.CachedVolume``).
+
+    ``rates``: the latent firing rates when the caller already has them (the top-latent summary's
+    ``firing_rate``, same tokens and codes); else they are encoded here from the cached prefix.
+    The block depends only on (volume, model, SAE weights): it is kept on ``entry`` and reused.
+    """
     from medseglens_core.analysis.ood import CaseProfile, assess, input_stats, latent_rates
 
+    memo = entry.ood if isinstance(getattr(entry, "ood", None), dict) else None
+    key = sae.id if sae is not None else ""
+    if memo is not None and key in memo:
+        return dict(memo[key])
     cal = calibration(pool, model, sae, cache_root)
-    rates = None
-    if sae is not None and cal.get("latent") is not None:
+    if sae is None or cal.get("latent") is None:
+        rates = None
+    elif rates is None:
         rates = latent_rates(sae.obj, [p.h for _, _, p in entry.cache.chunks], entry.cache.prepared)
     block = assess(cal, CaseProfile(rates, input_stats(entry.cache.prepared, entry.spacing)))
     if cal.get("note"):
         block["note"] = cal["note"]
+    if memo is not None:
+        memo[key] = dict(block)
     return block
 
 

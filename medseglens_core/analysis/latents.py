@@ -77,6 +77,8 @@ class VolumeLatents:
     ``top_total`` / ``top_tumour``: latent ids ranked by total / in-tumour activation.
     ``stats``: latent -> :class:`LatentStat` for every latent in either list.
     ``token_maps``: latent -> ``(Z', h, w)`` codes on the token grid (only selected latents).
+    ``firing_rate``: ``(d_sae,)`` float64 fraction of the brain tokens on which each latent fires
+    (the OOD flag's latent profile, ``analysis.ood.latent_rates``, from the same codes).
     """
 
     top_total: list[int]
@@ -85,6 +87,7 @@ class VolumeLatents:
     token_maps: dict[int, torch.Tensor]
     prepared: Any
     brain_mask: np.ndarray
+    firing_rate: np.ndarray | None = None
 
     def latent_map(self, latent: int) -> np.ndarray:
         """``(X, Y, Z)`` float32 activation map of ``latent`` on the case RAS grid (0 outside brain)."""
@@ -192,20 +195,21 @@ def summarise_latents(
     pred_case = (
         pred if pred.shape == tuple(prepared.record.case_shape) else prepared.labels_to_case_grid(pred)
     )
-    top_total, top_tumour, total, tumour, tok = _rank_latents(sae, pieces, prepared, pred, top_k)
+    top_total, top_tumour, total, tumour, tok, rates = _rank_latents(sae, pieces, prepared, pred, top_k)
     selected = sorted(set(top_total) | set(top_tumour))
     brain = np.asarray(prepared.brain_mask, dtype=bool)
     stats = _voxel_stats(selected, tok.numpy(), prepared, brain, pred_case, label_gt, affine)
     for j in selected:
         stats[j].total_activation, stats[j].tumour_activation = float(total[j]), float(tumour[j])
     token_maps = {j: tok[i] for i, j in enumerate(selected)}
-    return VolumeLatents(top_total, top_tumour, stats, token_maps, prepared, brain)
+    return VolumeLatents(top_total, top_tumour, stats, token_maps, prepared, brain, rates)
 
 
 def _rank_latents(
     sae: SAELike, pieces: list[torch.Tensor], prepared: Any, pred: np.ndarray, top_k: int
-) -> tuple[list[int], list[int], np.ndarray, np.ndarray, torch.Tensor]:
-    """``(top_total, top_tumour, total (d_sae,), tumour (d_sae,), token maps (S, Z', h, w))``.
+) -> tuple[list[int], list[int], np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
+    """``(top_total, top_tumour, total (d_sae,), tumour (d_sae,), token maps (S, Z', h, w),
+    firing rate (d_sae,))``.
 
     Token maps hold the exact codes of the selected latents (sorted ids), 0 off the brain.
     """
@@ -215,6 +219,7 @@ def _rank_latents(
         tokens = masked_tokens(pieces, token_brain)  # only brain tokens count
         codes, pre = encode_fast(sae, tokens)  # (brain tokens, d_sae) float32
         codes = codes.cpu().numpy()
+    rates = np.count_nonzero(codes > 0, axis=0) / max(len(codes), 1)
     if pred.shape == tuple(prepared.record.case_shape):
         tumour_frac = token_tumour_fraction(prepared, pred, hw)
     else:
@@ -234,6 +239,7 @@ def _rank_latents(
         total,
         tumour,
         torch.from_numpy(tok.reshape(len(selected), *token_brain.shape)),
+        rates,
     )
 
 

@@ -116,6 +116,12 @@ def test_summary_with_slice_grid_predictions_equals_frozen():
     pred_slices = labels_to_slice_grid(prepared, predicted(case))
     new = summarise_latents(sae, [h[:7], h[7:]], prepared, pred_slices, case.label, top_k=8)
     assert_same_summary(new, frozen_summary(sae, h, prepared, pred_slices, case.label, 8))
+    # the OOD flag reuses the summary's firing rates instead of encoding the tokens again
+    from medseglens_core.analysis.ood import latent_rates
+
+    rates = latent_rates(sae, [h[:7], h[7:]], prepared)
+    assert new.firing_rate is not None and 0 < new.firing_rate.max() <= 1
+    np.testing.assert_allclose(new.firing_rate, rates, rtol=0, atol=1e-12)
 
 
 def test_token_maps_are_the_exact_codes_the_service_maps_show():
