@@ -10,8 +10,8 @@ Prints JSON. For every model of ``--zoo`` with the SAE the service uses for it b
   all four modalities, pure Gaussian-noise volumes (``--noise`` of them), and, when the shift
   library (``medseglens_core.data.shifts``) is present, every shift kind applied to the adult
   test cases;
-* ``overhead``: seconds of the OOD block as the service computes it (latent rates from the
-  already-computed prefix activations, input statistics, assessment) over seconds of a
+* ``overhead``: seconds of the OOD block as the service computes it (the latent firing rates come
+  with the top-latent summary; input statistics and assessment) over seconds of a
   segmentation with top latents (``analysis.latents.analyse_case``), medians over
   ``--repeats`` (target <= 0.05).
 
@@ -98,7 +98,6 @@ def bench_model(zoo: Path, model_id: str, probes: dict[str, list[Path]], repeats
         assess,
         calibrate_from_zoo,
         input_stats,
-        latent_rates,
         profile_case_dir,
     )
     from medseglens_core.data.preprocess import prepare_case
@@ -135,25 +134,16 @@ def bench_model(zoo: Path, model_id: str, probes: dict[str, list[Path]], repeats
             "rate": sum(r["flagged"] for r in rows) / max(len(rows), 1),
         }
 
-    # Cost as in the service: prefix activations already computed by the segmentation.
+    # Cost as in the service: the top-latent summary already holds the latent firing rates.
     case = load_case(find_cases(zoo / "data" / "test" / "adult")[0], cohort="adult")
     size = model.cfg.input_size
     prepared = prepare_case(case, size)
-    import torch
-
-    with torch.no_grad():
-        pieces = [
-            model.run_prefix(torch.as_tensor(prepared.slices[s : s + 16]).float(), hook).h
-            for s in range(0, prepared.slices.shape[0], 16)
-        ]
+    _, summary = analyse_case(model, sae, case, hook=hook, input_size=size)
 
     def ood_once() -> None:
         from medseglens_core.analysis.ood import CaseProfile
 
-        assess(
-            cal,
-            CaseProfile(latent_rates(sae, pieces, prepared), input_stats(prepared, case.geometry.spacing)),
-        )
+        assess(cal, CaseProfile(summary.firing_rate, input_stats(prepared, case.geometry.spacing)))
 
     seg, ood = [], []
     analyse_case(model, sae, case, hook=hook, input_size=size)
