@@ -19,6 +19,7 @@ V1_MODULES: tuple[str, ...] = (
     "interventions",
     "reports",
     "jobs",
+    "dicom",
 )
 
 

@@ -1,0 +1,382 @@
+"""DICOM plumbing of the service: receive a multipart of .dcm files or a zip, turn a study into a stored
+volume (the same NIfTI files and ``Volume`` row as a NIfTI upload, plus ``dicom/``), build SEGs, and talk
+DICOMweb (dicomweb-client) to ``MEDSEGLENS_DICOMWEB_URL``.
+
+A DICOM-sourced volume's directory holds, next to ``t1n.nii.gz`` .. ``t2f.nii.gz`` (on t1c's grid, in
+the series' own ``[column, row, slice]`` voxel order):
+
+- ``dicom/source.json``: study/series/instance UIDs, frame of reference, modality mapping;
+- ``dicom/ref/NNNN.dcm``: the t1c slices' headers (no pixel data), sorted by position, that SEGs
+  reference.
+
+Environment: ``MEDSEGLENS_DICOMWEB_URL`` (e.g. ``http://127.0.0.1:8042/dicom-web``),
+``MEDSEGLENS_DICOMWEB_USERNAME`` + ``MEDSEGLENS_DICOMWEB_PASSWORD`` (basic auth) or
+``MEDSEGLENS_DICOMWEB_TOKEN`` (bearer), ``MEDSEGLENS_DICOMWEB_TIMEOUT_S`` (default 60).
+No patient attribute is logged or returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import python_multipart
+from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from medseglens_core.io.dicom import (
+    DicomError,
+    DicomStudy,
+    NotDicom,
+    UnsupportedTransferSyntax,
+    datasets_from_bytes,
+    read_study,
+    read_zip,
+)
+from service.errors import (
+    Conflict,
+    InvalidUpload,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.uploads import check_content_length
+
+SOURCE_FILE = "source.json"
+FILE_FIELDS = frozenset({"file", "files"})
+TEXT_FIELDS = frozenset({"series_map", "cohort", "metadata"})
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+class BadGateway(ServiceError):
+    status, slug, title = 502, "dicomweb-unreachable", "DICOMweb server unreachable"
+
+
+class DicomwebNotConfigured(ServiceError):
+    status, slug, title = 503, "dicomweb-not-configured", "No DICOMweb server configured"
+
+
+class StudyNotFound(ServiceError):
+    status, slug, title = 404, "study-not-found", "Study not found"
+
+
+class NoDicomSource(Conflict):
+    slug = "no-dicom-source"
+    title = "Volume has no DICOM source"
+
+
+# ---------------------------------------------------------------------------------- multipart
+
+
+@dataclass
+class DicomUpload:
+    parts: list[Path]
+    fields: dict[str, str]
+    size: int
+
+
+class _Receiver:
+    """python-multipart callbacks: every ``file``/``files`` part to its own file; small text fields."""
+
+    def __init__(self, dest: Path, max_text: int = 64 * 1024) -> None:
+        self.dest = dest
+        self.max_text = max_text
+        self.parts: list[Path] = []
+        self.fields: dict[str, str] = {}
+        self._hn = b""
+        self._hv = b""
+        self._disp = b""
+        self._name = ""
+        self._fh: IO[bytes] | None = None
+        self._size = 0
+        self._text = bytearray()
+        self.ended = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def on_part_begin(self) -> None:
+        self._disp = b""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._hn += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._hv += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self._hn.strip().lower() == b"content-disposition":
+            self._disp = self._hv
+        self._hn = self._hv = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disp)
+        raw = options.get(b"name")
+        if raw is None:
+            raise ServiceError("A multipart part has no name; send the DICOM files as 'file' parts.")
+        name = raw.decode("latin-1")
+        if name not in FILE_FIELDS | TEXT_FIELDS:
+            allowed = ", ".join(sorted(FILE_FIELDS | TEXT_FIELDS))
+            raise InvalidUpload(f"Unknown form field; expected some of {allowed}.")
+        self._name = name
+        if name in FILE_FIELDS:
+            path = self.dest / f"part-{len(self.parts):06d}.bin"
+            self._fh = open(path, "wb")  # noqa: SIM115 - closed in on_part_end/close
+            self._size = 0
+            self.parts.append(path)
+        else:
+            if name in self.fields:
+                raise InvalidUpload(f"Form field {name!r} was sent twice; send it once.")
+            self._text = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._fh is not None:
+            self._fh.write(chunk)
+            self._size += len(chunk)
+        else:
+            if len(self._text) + len(chunk) > self.max_text:
+                raise InvalidUpload(f"Form field {self._name!r} is over {self.max_text} bytes.")
+            self._text.extend(chunk)
+
+    def on_part_end(self) -> None:
+        if self._fh is None:
+            try:
+                self.fields[self._name] = self._text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidUpload(f"Form field {self._name!r} is not UTF-8 text.") from exc
+            return
+        self._fh.close()
+        self._fh = None
+        if self._size == 0:
+            raise InvalidUpload(f"File part #{len(self.parts)} is empty.")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+async def receive_dicom_multipart(request: Request, dest: Path, *, max_bytes: int) -> DicomUpload:
+    """Stream a multipart body of ``file`` parts (.dcm files or one zip) into ``dest``; byte-limited."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        raise UnsupportedMediaType("Send the DICOM files (or one zip) as multipart/form-data 'file' parts.")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ServiceError("The multipart Content-Type has no boundary parameter.")
+    check_content_length(request, max_bytes)
+    rx = _Receiver(dest)
+    callbacks = {
+        "on_part_begin": rx.on_part_begin,
+        "on_header_field": rx.on_header_field,
+        "on_header_value": rx.on_header_value,
+        "on_header_end": rx.on_header_end,
+        "on_headers_finished": rx.on_headers_finished,
+        "on_part_data": rx.on_part_data,
+        "on_part_end": rx.on_part_end,
+        "on_end": rx.on_end,
+    }
+    parser = python_multipart.MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise PayloadTooLarge(
+                    f"Upload is over the limit of {max_bytes} bytes (MEDSEGLENS_MAX_UPLOAD_BYTES).",
+                    headers={"Connection": "close"},
+                )
+            parser.write(chunk)
+        parser.finalize()
+        if not rx.ended:
+            raise ServiceError(
+                "The multipart body ended before its closing boundary; the upload was cut short."
+            )
+    except python_multipart.exceptions.FormParserError as exc:
+        raise ServiceError("Malformed multipart body; check the boundary and part headers.") from exc
+    except ClientDisconnect as exc:
+        raise ServiceError("The upload was interrupted before the body ended; send it again.") from exc
+    finally:
+        rx.close()
+    if not rx.parts:
+        raise InvalidUpload("No 'file' part: send the study's .dcm files or one zip as 'file' parts.")
+    return DicomUpload(rx.parts, rx.fields, received)
+
+
+def parse_series_map(raw: Any) -> dict[str, str] | None:
+    """``series_map``: a JSON object (or dict) of SeriesInstanceUID/SeriesDescription -> modality."""
+    if raw in (None, "", {}):
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidUpload(
+                "'series_map' is not JSON; send an object {uid or description: modality}."
+            ) from exc
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise InvalidUpload("'series_map' must be a JSON object of strings {uid or description: modality}.")
+    return raw
+
+
+# ---------------------------------------------------------------------------------- study -> volume
+
+
+def _translate(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run core DICOM code, turning its errors into service problems (415 / 422 with series)."""
+    try:
+        return fn(*args, **kwargs)
+    except UnsupportedTransferSyntax as exc:
+        raise UnsupportedMediaType(str(exc)) from exc
+    except DicomError as exc:
+        series = getattr(exc, "series", None)
+        raise InvalidUpload(str(exc), **({"series": series} if series else {})) from exc
+    except NotDicom as exc:
+        raise InvalidUpload(str(exc)) from exc
+
+
+def load_upload_datasets(parts: list[Path], max_bytes: int) -> list[Any]:
+    blobs: list[tuple[str, bytes]] = []
+    for n, part in enumerate(parts):
+        with open(part, "rb") as fh:
+            head = fh.read(4)
+        if head == ZIP_MAGIC:
+            blobs.extend(_translate(read_zip, part, max_bytes))
+        else:
+            blobs.append((f"#{n + 1}", part.read_bytes()))
+        part.unlink()
+    return _translate(datasets_from_bytes, blobs)
+
+
+def study_to_stage(
+    datasets: list[Any], series_map: dict[str, str] | None, stage: Path, *, max_voxels: int
+) -> tuple[DicomStudy, dict[str, Path]]:
+    """Read the study, write ``<modality>.nii.gz`` + ``dicom/`` into ``stage``; returns the paths."""
+    import nibabel as nib
+
+    study = _translate(read_study, datasets, series_map, max_voxels=max_voxels)
+    paths: dict[str, Path] = {}
+    for modality, series in study.series.items():
+        img = nib.Nifti1Image(np.asarray(series.data, dtype=np.float32), series.affine)
+        img.header.set_xyzt_units("mm")
+        img.set_sform(series.affine, code=1)
+        img.set_qform(series.affine, code=1)
+        path = stage / f"{modality}.nii.gz"
+        img.to_filename(path)
+        paths[modality] = path
+        series.data = None
+    ref_dir = stage / "dicom" / "ref"
+    ref_dir.mkdir(parents=True)
+    for k, ds in enumerate(study.series["t1c"].datasets):
+        ds.save_as(ref_dir / f"{k:05d}.dcm", enforce_file_format=True)
+    (stage / "dicom" / SOURCE_FILE).write_text(json.dumps(study.source(), indent=1))
+    return study, paths
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dicom_source(volume_dir: Path) -> dict[str, Any] | None:
+    path = volume_dir / "dicom" / SOURCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def reference_datasets(volume_dir: Path) -> list[Any]:
+    import pydicom
+
+    return [pydicom.dcmread(p) for p in sorted((volume_dir / "dicom" / "ref").glob("*.dcm"))]
+
+
+# ---------------------------------------------------------------------------------- DICOMweb
+
+
+def dicomweb_client(url: str | None = None) -> Any:
+    """A ``DICOMwebClient`` for ``MEDSEGLENS_DICOMWEB_URL`` (basic auth or bearer from the env)."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    url = url or os.environ.get("MEDSEGLENS_DICOMWEB_URL", "")
+    if not url:
+        raise DicomwebNotConfigured(
+            "Set MEDSEGLENS_DICOMWEB_URL to the DICOMweb root, e.g. http://pacs/dicom-web."
+        )
+    session = requests.Session()
+    user, password = (
+        os.environ.get("MEDSEGLENS_DICOMWEB_USERNAME"),
+        os.environ.get("MEDSEGLENS_DICOMWEB_PASSWORD"),
+    )
+    token = os.environ.get("MEDSEGLENS_DICOMWEB_TOKEN")
+    if user:
+        session.auth = (user, password or "")
+    elif token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    timeout = float(os.environ.get("MEDSEGLENS_DICOMWEB_TIMEOUT_S", "60"))
+    _orig = session.request
+    session.request = lambda *a, **k: _orig(*a, **{"timeout": timeout, **k})  # type: ignore[method-assign]
+    return DICOMwebClient(url=url, session=session)
+
+
+def _pacs_errors(what: str):
+    import contextlib
+
+    import requests
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except requests.HTTPError as exc:
+            code = exc.response.status_code if exc.response is not None else "?"
+            if code == 404:
+                raise StudyNotFound(f"The DICOMweb server has no such study ({what}: HTTP 404).") from exc
+            raise BadGateway(f"The DICOMweb server answered {what} with HTTP {code}.") from exc
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise BadGateway(f"The DICOMweb server did not answer {what} ({type(exc).__name__}).") from exc
+        except requests.RequestException as exc:
+            raise BadGateway(f"{what} failed ({type(exc).__name__}).") from exc
+
+    return guard()
+
+
+def pull_study(study_uid: str, max_bytes: int) -> list[Any]:
+    """QIDO-RS the study's series, WADO-RS each MR series' instances (byte-limited)."""
+    client = dicomweb_client()
+    with _pacs_errors("QIDO-RS"):
+        found = client.search_for_series(study_instance_uid=study_uid)
+    series_uids = []
+    for item in found or []:
+        modality = (item.get("00080060", {}).get("Value") or [""])[0]
+        uid = (item.get("0020000E", {}).get("Value") or [""])[0]
+        if uid and modality in ("MR", ""):
+            series_uids.append(uid)
+    if not series_uids:
+        raise StudyNotFound("The DICOMweb server lists no MR series for that StudyInstanceUID.")
+    datasets: list[Any] = []
+    total = 0
+    with _pacs_errors("WADO-RS"):
+        for uid in series_uids:
+            for ds in client.iter_series(study_instance_uid=study_uid, series_instance_uid=uid):
+                total += len(ds.get("PixelData", b"") or b"")
+                if total > max_bytes:
+                    raise PayloadTooLarge(f"The study is over the limit of {max_bytes} bytes.")
+                datasets.append(ds)
+    return datasets
+
+
+def stow(ds: Any) -> None:
+    client = dicomweb_client()
+    with _pacs_errors("STOW-RS"):
+        client.store_instances(datasets=[ds])
