@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -102,6 +103,23 @@ class UnsupportedMediaType(ServiceError):
 
 class InvalidUpload(ServiceError):
     status, slug, title = 422, "invalid-upload", "Invalid upload"
+
+
+# Largest list offset accepted (422 above it): far beyond any real table, far below SQL's int64.
+MAX_OFFSET = 10**9
+
+
+class ArtefactGone(ServiceError):
+    """A stored row whose file is missing on disk (deleted or lost): the result must be made again."""
+
+    status, slug, title = 410, "artefact-gone", "Artefact gone"
+
+
+def stored_artefact(path: Path, what: str, redo: str) -> Path:
+    """``path`` when it is a file, else :class:`ArtefactGone` naming ``what`` and how to ``redo`` it."""
+    if not path.is_file():
+        raise ArtefactGone(f"The {what} is missing on the server (deleted or lost); {redo}.")
+    return path
 
 
 class ServiceUnavailable(ServiceError):
@@ -254,6 +272,7 @@ _RESPONSE_DOCS = {
     403: "The API key lacks the scope this route needs (`forbidden`).",
     404: "Unknown id (`not-found`).",
     409: "Conflicts with the current state (`conflict`).",
+    410: "A stored artefact of this row is missing on disk (`artefact-gone`): make the result again.",
     413: "Upload over the byte limit or volume over the voxel limit (`payload-too-large`, `file-too-large`, "
     "`too-many-voxels`).",
     415: "Wrong request media type (`unsupported-media-type`).",

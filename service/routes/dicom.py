@@ -32,7 +32,7 @@ from service.dicom import (
     stow,
     study_to_stage,
 )
-from service.errors import InvalidUpload, problem_responses, problem_statuses
+from service.errors import InvalidUpload, problem_responses, problem_statuses, stored_artefact
 from service.models_db import Intervention, Segmentation, Volume
 from service.routes.interventions import InterventionDep
 from service.routes.segmentations import SegmentationDep
@@ -346,7 +346,10 @@ def _seg_for(
     art = storage.resolve(row.path)
     path = art / f"seg-{kind}.dcm"
     if not path.is_file():
-        mask = np.asarray(nib.load(art / segmenting.MASK_FILE).dataobj)
+        mask_file = stored_artefact(
+            art / segmenting.MASK_FILE, f"mask of {row.id}", "make it again and use the new id"
+        )
+        mask = np.asarray(nib.load(mask_file).dataobj)
         model = pool.models.get(row.model_id)
         sha = str(model.card.get("weights_sha256", "")) if model is not None else ""
         seg = build_seg(
@@ -410,7 +413,7 @@ async def _stow(storage: Storage, pool: Any, session: Any, row: Any, spec_id: st
 @router.get(
     "/segmentations/{segmentation_id}/seg.dcm",
     response_class=Response,
-    responses={**DICOM_FILE, **problem_responses(*problem_statuses((404, 409)))},
+    responses={**DICOM_FILE, **problem_responses(*problem_statuses((404, 409, 410)))},
 )
 async def get_segmentation_seg(
     _key: ReadKey,
@@ -431,7 +434,7 @@ async def get_segmentation_seg(
 @router.get(
     "/interventions/{intervention_id}/seg.dcm",
     response_class=Response,
-    responses={**DICOM_FILE, **problem_responses(*problem_statuses((404, 409)))},
+    responses={**DICOM_FILE, **problem_responses(*problem_statuses((404, 409, 410)))},
 )
 async def get_intervention_seg(
     _key: ReadKey,

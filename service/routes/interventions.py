@@ -11,7 +11,13 @@ from sqlalchemy.exc import IntegrityError
 
 from service import segmenting
 from service.deps import InterveneKey, PoolDep, ReadKey, ServerId, SessionDep, SettingsDep, StorageDep
-from service.errors import ResourceNotFound, ServiceError, problem_responses, problem_statuses
+from service.errors import (
+    ResourceNotFound,
+    ServiceError,
+    problem_responses,
+    problem_statuses,
+    stored_artefact,
+)
 from service.latent_cards import CardStore
 from service.models_db import Intervention
 from service.pool import ModelPool, Resident
@@ -207,9 +213,13 @@ def get_intervention(_key: ReadKey, intervention: InterventionDep) -> Interventi
 @router.get(
     "/{intervention_id}/mask",
     response_class=FileResponse,
-    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404,)))},
+    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404, 410)))},
 )
 def get_intervention_mask(_key: ReadKey, intervention: InterventionDep, storage: StorageDep) -> FileResponse:
     """The edited label map as NIfTI on the volume's original grid and affine."""
-    path = storage.resolve(intervention.path) / segmenting.MASK_FILE
+    path = stored_artefact(
+        storage.resolve(intervention.path) / segmenting.MASK_FILE,
+        f"mask of intervention {intervention.id}",
+        "submit the intervention again (POST /v1/interventions) and use the new id",
+    )
     return FileResponse(path, media_type="application/gzip", filename=f"{intervention.id}-mask.nii.gz")

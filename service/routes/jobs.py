@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from medseglens_core.zoo import test_data_dir, train_data_dir
 from service.auth import Principal
 from service.deps import ReadKey, ServerId, TrainKey
-from service.errors import ResourceNotFound, problem_responses, problem_statuses
+from service.errors import MAX_OFFSET, ResourceNotFound, problem_responses, problem_statuses
 from service.jobs.schemas import DiffReportRequest, JobOut, JobPage, RecoveryRequest, SaeTrainingRequest
 from service.jobs.service import JobService
 from service.jobs.states import JobKind, JobState
@@ -173,7 +173,7 @@ async def list_jobs(
     state: JobState | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Jobs, newest first, optionally filtered by state and kind."""
     items, total = await anyio.to_thread.run_sync(

@@ -12,7 +12,15 @@ from sqlalchemy.exc import IntegrityError
 
 from service import segmenting
 from service.deps import PoolDep, ReadKey, SegmentKey, ServerId, SessionDep, StorageDep
-from service.errors import Conflict, ResourceNotFound, ServiceError, problem_responses, problem_statuses
+from service.errors import (
+    MAX_OFFSET,
+    Conflict,
+    ResourceNotFound,
+    ServiceError,
+    problem_responses,
+    problem_statuses,
+    stored_artefact,
+)
 from service.models_db import Segmentation, Volume
 from service.pool import ModelPool, Resident
 from service.schemas.segmentations import SegmentationCreate, SegmentationOut, SegmentationPage
@@ -29,6 +37,9 @@ GZIP_NIFTI = {
 PNG = {
     200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG."}
 }
+
+
+REDO_SEGMENTATION = "re-run the segmentation (POST /v1/segmentations) and use the new id"
 
 
 class SaeModelMismatch(ServiceError):
@@ -159,7 +170,7 @@ def list_segmentations(
     _key: ReadKey,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     volume_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")] = None,
 ) -> SegmentationPage:
     """Segmentations, newest first; ``volume_id`` filters by volume."""
@@ -186,18 +197,22 @@ def get_segmentation(_key: ReadKey, segmentation: SegmentationDep) -> Segmentati
 @router.get(
     "/{segmentation_id}/mask",
     response_class=FileResponse,
-    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404,)))},
+    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404, 410)))},
 )
 def get_segmentation_mask(_key: ReadKey, segmentation: SegmentationDep, storage: StorageDep) -> FileResponse:
     """The label map (0 background, 1 NCR, 2 SNFH, 3 ET) as NIfTI on the volume's original grid."""
-    path = storage.resolve(segmentation.path) / segmenting.MASK_FILE
+    path = stored_artefact(
+        storage.resolve(segmentation.path) / segmenting.MASK_FILE,
+        f"mask of segmentation {segmentation.id}",
+        REDO_SEGMENTATION,
+    )
     return FileResponse(path, media_type="application/gzip", filename=f"{segmentation.id}-mask.nii.gz")
 
 
 @router.get(
     "/{segmentation_id}/latents/{latent}/map",
     response_class=FileResponse,
-    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404, 409)))},
+    responses={**GZIP_NIFTI, **problem_responses(*problem_statuses((404, 409, 410)))},
 )
 async def get_latent_map(
     _key: ReadKey,
@@ -219,8 +234,10 @@ async def get_latent_map(
     d_sae = int(sae.obj.W_dec.shape[0])
     if latent >= d_sae:
         raise ResourceNotFound(f"SAE {sae.id!r} has {d_sae} latents; choose 0..{d_sae - 1}.")
-    path = storage.resolve(segmentation.path) / "latents" / f"{latent}.nii.gz"
-    if not path.is_file():
+    folder = storage.resolve(segmentation.path)
+    stored_artefact(folder / segmenting.MASK_FILE, f"segmentation {segmentation.id}", REDO_SEGMENTATION)
+    path = folder / "latents" / f"{latent}.nii.gz"
+    if not path.is_file():  # maps are made on first request, next to the segmentation they belong to
         volume = stored_volume(session, segmentation.volume_id)
         await pool.run(
             segmenting.write_latent_map, pool, storage, volume, model, sae, latent, path, kind="latent_map"
@@ -233,7 +250,7 @@ async def get_latent_map(
 @router.get(
     "/{segmentation_id}/overlay.png",
     response_class=Response,
-    responses={**PNG, **problem_responses(*problem_statuses((404,)))},
+    responses={**PNG, **problem_responses(*problem_statuses((404, 410)))},
 )
 async def get_segmentation_overlay(
     _key: ReadKey,
@@ -251,6 +268,10 @@ async def get_segmentation_overlay(
     depth = int(volume.shape[2])
     if slice is not None and slice >= depth:
         raise SliceOutOfRange(f"slice {slice} is out of range; the volume has axial slices 0..{depth - 1}.")
-    labels = storage.resolve(segmentation.path) / segmenting.LABELS_FILE
+    labels = stored_artefact(
+        storage.resolve(segmentation.path) / segmenting.LABELS_FILE,
+        f"label map of segmentation {segmentation.id}",
+        REDO_SEGMENTATION,
+    )
     png = await pool.run(segmenting.render_overlay, storage, volume, labels, slice, kind="preview")
     return Response(png, media_type="image/png")

@@ -24,7 +24,7 @@ from service.deps import (
     StorageDep,
     VolumeDep,
 )
-from service.errors import InvalidUpload, problem_responses, problem_statuses
+from service.errors import MAX_OFFSET, InvalidUpload, problem_responses, problem_statuses
 from service.models_db import Intervention, Segmentation, Volume
 from service.schemas.volumes import VolumeFile, VolumeOut, VolumePage
 from service.storage import Storage, atomic_write_bytes, new_id
@@ -198,7 +198,7 @@ def list_volumes(
     _key: ReadKey,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     cohort: Annotated[str | None, Query(max_length=100)] = None,
 ) -> VolumePage:
     """Volumes, newest first; ``cohort`` filters by tag."""
