@@ -15,6 +15,7 @@ import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
+from service.audit import AuditMiddleware
 from service.config import Settings, get_settings
 from service.db import create_tables, make_engine, make_sessionmaker
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     install_error_handlers(app)
 
     mounted = [("", health.router), *(("/v1", router) for router in v1_routers())]
+    app.add_middleware(AuditMiddleware)  # inside the request-id middleware: rows carry the request id
     app.add_middleware(RequestContextMiddleware, metrics=metrics, templates=_route_templates(mounted))
     for prefix, router in mounted:
         app.include_router(router, prefix=prefix)

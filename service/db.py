@@ -33,8 +33,11 @@ def make_engine(url: str) -> Engine:
 
 
 def create_tables(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent)."""
+    """Create every table that does not exist yet and upgrade older ones (idempotent)."""
+    from service.migrations import upgrade_schema
+
     Base.metadata.create_all(engine)
+    upgrade_schema(engine)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -40,11 +40,33 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 ID = String(32)
 
+# The project of every row made before projects existed (and of rows made outside any request):
+# a fixed id, so the schema upgrade and column defaults need no lookup.
+DEFAULT_PROJECT_ID = "0" * 32
+DEFAULT_PROJECT = "default"
+
+
+def project_column() -> Mapped[str]:
+    """``project_id`` of a tenant row: indexed, defaulted to the default project on both sides."""
+    return mapped_column(ID, default=DEFAULT_PROJECT_ID, server_default=DEFAULT_PROJECT_ID, index=True)
+
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Project(Base):
+    """A tenant: keys and the data they make belong to one. Names are unique forever (a deleted
+    project keeps its row, ``deleted`` set, so audit rows naming it stay unambiguous)."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ApiKey(Base):
@@ -59,6 +81,9 @@ class ApiKey(Base):
     scopes: Mapped[list[Any]] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     revoked: Mapped[datetime | None] = mapped_column(default=None)
+    project_id: Mapped[str] = project_column()
+    expires: Mapped[datetime | None] = mapped_column(default=None)
+    last_used: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Volume(Base):
@@ -80,6 +105,7 @@ class Volume(Base):
     files: Mapped[list[Any]] = mapped_column(JSON)
     has_label: Mapped[bool] = mapped_column(Boolean, default=False)
     modality_order: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    project_id: Mapped[str] = project_column()
 
 
 class Segmentation(Base):
@@ -94,6 +120,7 @@ class Segmentation(Base):
     sae_id: Mapped[str | None] = mapped_column(String(128), default=None)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path: Mapped[str] = mapped_column(Text)
+    project_id: Mapped[str] = project_column()
 
 
 class Intervention(Base):
@@ -109,6 +136,7 @@ class Intervention(Base):
     edits: Mapped[list[Any]] = mapped_column(JSON)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path: Mapped[str] = mapped_column(Text)
+    project_id: Mapped[str] = project_column()
 
 
 class DiffReport(Base):
@@ -122,6 +150,7 @@ class DiffReport(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     job_id: Mapped[str | None] = mapped_column(ID, default=None)
     path: Mapped[str] = mapped_column(Text)
+    project_id: Mapped[str] = project_column()
 
 
 class JobState(enum.StrEnum):
@@ -158,3 +187,30 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200), default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     log_tail: Mapped[str | None] = mapped_column(Text, default=None)
+    project_id: Mapped[str] = project_column()
+
+
+class AuditEvent(Base):
+    """One append-only audit row: who (key id, never the key), in which project, did what to what.
+
+    ``outcome`` is the HTTP status (``"201"``, ``"404"``...) of a request, or ``"ok"`` for a job
+    transition. Rows are never updated or deleted (database triggers refuse it, see
+    ``service.migrations``).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    key_id: Mapped[str | None] = mapped_column(ID, default=None)
+    project: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
+    action: Mapped[str] = mapped_column(String(100))
+    resource: Mapped[str] = mapped_column(String(64), index=True)
+    resource_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    request_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    outcome: Mapped[str] = mapped_column(String(32))
+
+
+# Tables whose rows belong to a project: every ORM query inside a request is limited to the
+# caller's project (``service.tenancy``).
+TENANT_MODELS: tuple[type[Base], ...] = (ApiKey, Volume, Segmentation, Intervention, DiffReport, Job)

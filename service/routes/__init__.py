@@ -20,6 +20,7 @@ V1_MODULES: tuple[str, ...] = (
     "reports",
     "jobs",
     "dicom",
+    "audit",
 )
 
 

@@ -98,7 +98,7 @@ def test_keys_are_stored_hashed_and_scoped(sessions):
 
 def test_scope_parsing_and_admin():
     assert parse_scopes("train, read") == ["read", "train"]
-    for bad in ("", "read,root", "superuser"):
+    for bad in ("", "read,root", "super"):
         with pytest.raises(ValueError):
             parse_scopes(bad)
     admin = Principal("k", "n", frozenset({"admin"}))

@@ -1,0 +1,208 @@
+"""Tenancy and audit: the route matrix x {own project, other project, no key, revoked, expired key}.
+
+Project A's key uploads a volume, segments it, edits it and queues a job; project B's key (every
+scope) must get 404 on each of A's ids, never see them in a list, and be unable to derive anything
+from them; requests without a key, with a revoked or an expired key are 401. On SQLite and
+PostgreSQL (``database_url`` from conftest). The audit log holds a row for every state-changing
+request of the matrix, scoped to its project, without any key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from service.app import create_app
+from service.auth import SCOPES, create_key, create_project, revoke_key
+from service.db import create_tables, make_engine, make_sessionmaker, session_scope
+from service.models_db import AuditEvent, utcnow
+from tests.service.tinyzoo_app import UNET, UNET_SAE, tiny_pool, tiny_settings, upload
+
+ALL = ",".join(SCOPES)
+
+
+@dataclass
+class World:
+    client: TestClient
+    keys: dict[str, str]
+    ids: dict[str, str]
+    engine: object
+
+    def h(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[who]}"} if who != "none" else {}
+
+
+@pytest.fixture
+def world(tmp_path, database_url: str) -> Iterator[World]:
+    settings = tiny_settings(tmp_path, database_url)
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    keys: dict[str, str] = {}
+    with session_scope(make_sessionmaker(engine)) as s:
+        create_project(s, "pa")
+        create_project(s, "pb")
+        keys["a"] = create_key(s, "a", ALL, project="pa")[1]
+        keys["b"] = create_key(s, "b", ALL, project="pb")[1]
+        row, keys["revoked"] = create_key(s, "r", ALL, project="pa")
+        revoke_key(s, row.id)
+        keys["expired"] = create_key(s, "e", ALL, project="pa", expires=utcnow() - timedelta(seconds=1))[1]
+        keys["demo"] = create_key(s, "demo", ALL)[1]  # the default project
+    app = create_app(settings, pool=tiny_pool(settings.zoo_dir))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        w = World(client, keys, {}, engine)
+        vid = upload(client, w.h("a"))
+        seg = client.post(
+            "/v1/segmentations",
+            json={"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE},
+            headers=w.h("a"),
+        )
+        assert seg.status_code == 201, seg.text
+        body = {
+            "volume_id": vid,
+            "model_id": UNET,
+            "sae_id": UNET_SAE,
+            "edits": [{"latent": 0, "op": "ablate"}],
+        }
+        itv = client.post("/v1/interventions", json=body, headers=w.h("a"))
+        assert itv.status_code == 201, itv.text
+        job = client.post(
+            "/v1/jobs/recovery",
+            json={"model_id": UNET, "target": "ssa", "protocol": "oracle"},
+            headers=w.h("a"),
+        )
+        assert job.status_code == 202, job.text
+        w.ids = {"vid": vid, "sid": seg.json()["id"], "iid": itv.json()["id"], "jid": job.json()["id"]}
+        yield w
+    engine.dispose()
+
+
+def _reads(ids: dict[str, str]) -> list[tuple[str, str, dict | None]]:
+    vid, sid, iid, jid = ids["vid"], ids["sid"], ids["iid"], ids["jid"]
+    return [
+        ("GET", f"/v1/volumes/{vid}", None),
+        ("GET", f"/v1/volumes/{vid}/preview.png", None),
+        ("GET", f"/v1/segmentations/{sid}", None),
+        ("GET", f"/v1/segmentations/{sid}/mask", None),
+        ("GET", f"/v1/segmentations/{sid}/overlay.png", None),
+        ("GET", f"/v1/segmentations/{sid}/latents/0/map", None),
+        ("GET", f"/v1/segmentations/{sid}/seg.dcm", None),
+        ("GET", f"/v1/interventions/{iid}", None),
+        ("GET", f"/v1/interventions/{iid}/mask", None),
+        ("GET", f"/v1/interventions/{iid}/seg.dcm", None),
+        ("GET", f"/v1/jobs/{jid}", None),
+        ("GET", f"/v1/jobs/{jid}/result", None),
+    ]
+
+
+def _writes(ids: dict[str, str]) -> list[tuple[str, str, dict | None]]:
+    vid, sid, iid, jid = ids["vid"], ids["sid"], ids["iid"], ids["jid"]
+    edit = {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE, "edits": []}
+    return [
+        ("POST", "/v1/segmentations", {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE}),
+        ("POST", "/v1/interventions", edit),
+        ("POST", "/v1/jobs/sae-training", {"model_id": UNET, "volume_ids": [vid]}),
+        ("POST", f"/v1/segmentations/{sid}/dicomweb", {}),
+        ("POST", f"/v1/interventions/{iid}/dicomweb", {}),
+        ("DELETE", f"/v1/jobs/{jid}", None),
+        ("DELETE", f"/v1/volumes/{vid}", None),
+    ]
+
+
+LISTS = ("/v1/volumes", "/v1/segmentations", "/v1/jobs")
+
+
+def _ids_in(page: dict) -> set[str]:
+    return {str(x.get("id")) for x in page["items"]}
+
+
+def test_route_matrix(world: World):
+    c, ids = world.client, world.ids
+    mine = set(ids.values())
+    # Other project: every id of A is unknown (404, never 403), every list lacks them.
+    for method, path, body in _reads(ids) + _writes(ids):
+        r = c.request(method, path, json=body, headers=world.h("b"))
+        assert r.status_code == 404, (method, path, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+    for path in LISTS:
+        page = c.get(path, headers=world.h("b")).json()
+        assert not _ids_in(page) & mine and page["total"] == 0, (path, page)
+        assert not _ids_in(c.get(path, headers=world.h("demo")).json()) & mine  # default project
+    assert c.get(f"/v1/segmentations?volume_id={ids['vid']}", headers=world.h("b")).json()["total"] == 0
+    # No key, revoked key, expired key: 401 on every route, reads and writes alike.
+    for who in ("none", "revoked", "expired"):
+        for method, path, body in [*_reads(ids), *_writes(ids), *(("GET", p, None) for p in LISTS)]:
+            r = c.request(method, path, json=body, headers=world.h(who))
+            assert r.status_code == 401, (who, method, path, r.status_code)
+    # Own project: everything is there.
+    for path in LISTS:
+        assert mine & _ids_in(c.get(path, headers=world.h("a")).json())
+    for method, path, _ in _reads(ids):
+        r = c.request(method, path, headers=world.h("a"))
+        # found (a NIfTI upload has no DICOM SEG: 409; a job still running has no result: 404)
+        expected = {"seg.dcm": 409, "result": 404}.get(path.rsplit("/", 1)[-1], 200)
+        assert r.status_code in (200, expected), (path, r.status_code, r.text)
+    assert c.delete(f"/v1/jobs/{ids['jid']}", headers=world.h("a")).status_code in (202, 409)
+    assert c.delete(f"/v1/volumes/{ids['vid']}", headers=world.h("a")).status_code == 204
+    assert c.get(f"/v1/volumes/{ids['vid']}", headers=world.h("a")).status_code == 404
+    # The shared catalog stays visible to every project.
+    for who in ("a", "b"):
+        assert UNET in {m["id"] for m in c.get("/v1/models", headers=world.h(who)).json()["items"]}
+
+
+def test_new_rows_carry_the_callers_project(world: World):
+    with world.engine.connect() as conn:
+        pa = conn.execute(text("SELECT id FROM projects WHERE name = 'pa'")).scalar_one()
+        for table, key in (
+            ("volumes", "vid"),
+            ("segmentations", "sid"),
+            ("interventions", "iid"),
+            ("jobs", "jid"),
+        ):
+            got = conn.execute(text(f"SELECT project_id FROM {table} WHERE id = :i"), {"i": world.ids[key]})
+            assert got.scalar_one() == pa, table
+
+
+def test_audit_log(world: World):
+    c, ids = world.client, world.ids
+    c.delete(f"/v1/volumes/{ids['vid']}", headers=world.h("b"))  # B's failed attempt: B's row, not A's
+    c.get(f"/v1/segmentations/{ids['sid']}/mask", headers=world.h("a"))  # a download: logged
+    c.get(f"/v1/volumes/{ids['vid']}", headers=world.h("a"))  # a plain read: not logged
+    r = c.get("/v1/audit", headers=world.h("a"), params={"limit": 1000})
+    assert r.status_code == 200, r.text
+    rows = r.json()["items"]
+    assert {x["project"] for x in rows} == {"pa"}
+    by_action = {(x["action"], x["resource_id"]): x for x in rows}
+    assert by_action[("create_volume", ids["vid"])]["outcome"] == "201"
+    assert by_action[("create_segmentation", ids["sid"])]["outcome"] == "201"
+    assert by_action[("create_intervention", ids["iid"])]["outcome"] == "201"
+    assert by_action[("create_recovery_job", ids["jid"])]["outcome"] == "202"
+    assert by_action[("get_segmentation_mask", ids["sid"])]["outcome"] == "200"
+    assert ("get_volume", ids["vid"]) not in by_action
+    assert all(x["request_id"] and x["key_id"] for x in rows if x["action"] != "job")
+    text_all = str(rows)
+    assert all(k not in text_all for k in world.keys.values())
+    b_rows = c.get("/v1/audit", headers=world.h("b")).json()["items"]
+    assert [(x["action"], x["outcome"]) for x in b_rows] == [("delete_volume", "404")]
+    assert c.get("/v1/audit?resource=segmentations", headers=world.h("a")).json()["items"]
+    assert {
+        x["resource"] for x in c.get("/v1/audit?resource=volumes", headers=world.h("a")).json()["items"]
+    } == {"volumes"}
+    page = c.get("/v1/audit?limit=1&offset=1", headers=world.h("a")).json()  # reads of the log: not logged
+    assert page["items"] == rows[1:2] and page["total"] == len(rows)
+    inverted = c.get("/v1/audit?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z", headers=world.h("a"))
+    assert inverted.status_code == 422 and inverted.headers["content-type"].startswith(
+        "application/problem+json"
+    )
+    future = c.get("/v1/audit?since=2999-01-01T00:00:00Z", headers=world.h("a")).json()
+    assert future["items"] == [] and future["total"] == 0
+    # admin only; append-only
+    with session_scope(make_sessionmaker(world.engine)) as s:
+        reader = create_key(s, "reader", "read", project="pa")[1]
+    assert c.get("/v1/audit", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+    with pytest.raises(Exception, match="append-only"), world.engine.begin() as conn:
+        conn.execute(text(f"DELETE FROM {AuditEvent.__tablename__}"))
