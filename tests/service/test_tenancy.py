@@ -206,3 +206,53 @@ def test_audit_log(world: World):
     assert c.get("/v1/audit", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
     with pytest.raises(Exception, match="append-only"), world.engine.begin() as conn:
         conn.execute(text(f"DELETE FROM {AuditEvent.__tablename__}"))
+
+
+def _downgrade(engine) -> None:
+    """Turn the database back into the schema before projects existed (data kept)."""
+    from service.models_db import TENANT_MODELS
+
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {AuditEvent.__tablename__}"))
+        conn.execute(text("DROP TABLE projects"))
+        for model in TENANT_MODELS:
+            table = model.__tablename__
+            conn.execute(text(f"DROP INDEX ix_{table}_project_id"))
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN project_id"))
+        conn.execute(text("ALTER TABLE api_keys DROP COLUMN expires"))
+        conn.execute(text("ALTER TABLE api_keys DROP COLUMN last_used"))
+
+
+def test_migration_of_an_old_database(tmp_path, database_url: str):
+    settings = tiny_settings(tmp_path, database_url)
+    engine = make_engine(settings.database_url)
+    create_tables(engine)
+    with session_scope(make_sessionmaker(engine)) as s:
+        demo = create_key(s, "demo", ALL)[1]
+    demo_h = {"Authorization": f"Bearer {demo}"}
+    with TestClient(
+        create_app(settings, pool=tiny_pool(settings.zoo_dir)), raise_server_exceptions=False
+    ) as c:
+        vid = upload(c, demo_h)
+    _downgrade(engine)
+    with engine.connect() as conn:
+        assert "project_id" not in str(conn.execute(text("SELECT * FROM volumes")).keys())
+    create_tables(engine)  # what every start runs
+    create_tables(engine)  # idempotent
+    with session_scope(make_sessionmaker(engine)) as s:
+        create_project(s, "pb")
+        other = create_key(s, "b", ALL, project="pb")[1]
+    with TestClient(
+        create_app(settings, pool=tiny_pool(settings.zoo_dir)), raise_server_exceptions=False
+    ) as c:
+        assert c.get(f"/v1/volumes/{vid}", headers=demo_h).status_code == 200  # the demo key still works
+        assert vid in _ids_in(c.get("/v1/volumes", headers=demo_h).json())
+        assert c.get(f"/v1/volumes/{vid}", headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT p.name FROM volumes v JOIN projects p ON p.id = v.project_id")).all()
+        assert [r[0] for r in rows] == ["default"]
+        keys = conn.execute(
+            text("SELECT p.name FROM api_keys k JOIN projects p ON p.id = k.project_id")
+        ).all()
+        assert sorted(r[0] for r in keys) == ["default", "pb"]
+    engine.dispose()
