@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format openapi results bench clean
+.PHONY: setup compat run test lint format openapi results bench clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# A separate venv with the real sae-lens 6 (tests/compat checks our SAE files load in it), built
+# once: torch first (CPU build, as above), then sae-lens with torch pinned so it pulls no CUDA build.
+COMPAT := .venv-compat
+compat: $(COMPAT)/.installed
+
+$(COMPAT)/.installed:
+	test -x $(COMPAT)/bin/python || $(PY) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q torch==2.13.0
+	$(COMPAT)/bin/pip install -q 'sae-lens>=6,<7' torch==2.13.0
+	touch $@
 
 run: setup
 	$(BIN)/medseglens serve
@@ -39,4 +50,4 @@ results: setup
 	$(BIN)/medseglens zoo results --zoo $(ZOO) --format markdown
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPAT) .pytest_cache .ruff_cache
