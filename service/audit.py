@@ -108,19 +108,23 @@ def write(factory: Any, **fields: Any) -> None:
         log.exception("audit row not written", extra={"action": fields.get("action")})
 
 
-def record_job(session: Session, job: Any, action: str, outcome: str) -> None:
-    """Add (in ``session``'s transaction) the audit row of a job transition."""
-    name = session.scalar(select(Project.name).where(Project.id == job.project_id)) or DEFAULT_PROJECT
+def record_job(session: Session, job_id: str, state: str) -> None:
+    """Add, in ``session``'s transaction, the audit row of job ``job_id`` entering ``state``."""
+    from service.models_db import Job
+
+    name = session.execute(
+        select(Project.name).join(Job, Job.project_id == Project.id).where(Job.id == job_id)
+    ).scalar()
     session.add(
         AuditEvent(
             time=utcnow(),
             key_id=None,
-            project=name,
-            action=action,
+            project=name or DEFAULT_PROJECT,
+            action=f"job_{state}",
             resource="jobs",
-            resource_id=job.id,
+            resource_id=job_id,
             request_id=None,
-            outcome=outcome,
+            outcome=state,
         )
     )
 

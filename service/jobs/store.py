@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.audit import record_job
 from service.db import session_scope
 from service.jobs.errors import IdempotencyConflict
 from service.jobs.states import JobState
@@ -82,6 +83,7 @@ class JobStore:
             job.state = JobState.QUEUED.value
             session.add(job)
             session.flush()  # the INSERT: a duplicate key fails here, before anything is enqueued
+            record_job(session, job.id, JobState.QUEUED.value)
             if before_commit is not None:
                 before_commit(job)
             session.commit()
@@ -160,6 +162,7 @@ class JobStore:
             )
             if res.rowcount != 1:
                 return None
+            record_job(s, job_id, JobState.RUNNING.value)
         return self.get(job_id)
 
     def beat(
@@ -216,6 +219,8 @@ class JobStore:
             values["log_tail"] = log_tail
         with self._session() as s:
             res = s.execute(update(Job).where(*self._owned(job_id, worker_id)).values(**values))
+            if res.rowcount == 1:
+                record_job(s, job_id, state.value)
             return res.rowcount == 1
 
     def release(self, job_id: str, worker_id: str) -> bool:
@@ -226,6 +231,8 @@ class JobStore:
                 .where(*self._owned(job_id, worker_id))
                 .values(state=JobState.QUEUED.value, worker_id=None, heartbeat=None, started=None)
             )
+            if res.rowcount == 1:
+                record_job(s, job_id, JobState.QUEUED.value)
             return res.rowcount == 1
 
     @staticmethod
@@ -239,11 +246,13 @@ class JobStore:
         Returns the job after the change (None if unknown). Terminal jobs are returned unchanged.
         """
         with self._session() as s:
-            s.execute(
+            res = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
                 .values(state=JobState.CANCELLED.value, finished=utcnow(), cancel_requested=True)
             )
+            if res.rowcount == 1:
+                record_job(s, job_id, JobState.CANCELLED.value)
             s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == JobState.RUNNING.value)
@@ -281,6 +290,8 @@ class JobStore:
                 )
                 .values(**values)
             )
+            if res.rowcount == 1:
+                record_job(s, job.id, state.value)
             return res.rowcount == 1
 
     def fail_queued(self, job_id: str, reason: str) -> bool:
@@ -291,4 +302,6 @@ class JobStore:
                 .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
                 .values(state=JobState.FAILED.value, finished=utcnow(), error=reason)
             )
+            if res.rowcount == 1:
+                record_job(s, job_id, JobState.FAILED.value)
             return res.rowcount == 1

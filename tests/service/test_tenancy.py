@@ -183,7 +183,10 @@ def test_audit_log(world: World):
     assert by_action[("create_recovery_job", ids["jid"])]["outcome"] == "202"
     assert by_action[("get_segmentation_mask", ids["sid"])]["outcome"] == "200"
     assert ("get_volume", ids["vid"]) not in by_action
-    assert all(x["request_id"] and x["key_id"] for x in rows if x["action"] != "job")
+    requests = [x for x in rows if not x["action"].startswith("job_")]
+    assert requests and all(x["request_id"] and x["key_id"] for x in requests)
+    # job transitions: queued at submission, then whatever the run went through, in A's project
+    assert by_action[("job_queued", ids["jid"])]["outcome"] == "queued"
     text_all = str(rows)
     assert all(k not in text_all for k in world.keys.values())
     b_rows = c.get("/v1/audit", headers=world.h("b")).json()["items"]
