@@ -111,6 +111,16 @@ def create_project(session: Session, name: str) -> Project:
     return row
 
 
+def delete_project(session: Session, name: str) -> Project:
+    """Mark a project deleted (its row stays, so audit rows naming it stay unambiguous): its keys get
+    401 from the next request on. The default project cannot be deleted."""
+    row = project_by_name(session, name)
+    if row.name == DEFAULT_PROJECT:
+        raise ValueError("The default project cannot be deleted.")
+    row.deleted = utcnow()
+    return row
+
+
 def list_projects(session: Session) -> list[Project]:
     """Every project, oldest first (deleted ones included)."""
     return list(session.scalars(select(Project).order_by(Project.created, Project.id)))

@@ -56,6 +56,24 @@ def projects_create(
         _fail(str(exc))
 
 
+@projects_app.command("delete")
+def projects_delete(name: Annotated[str, typer.Argument(help="Project name.")]) -> None:
+    """Mark a project deleted: its keys are refused (401) from the next request on; its rows stay."""
+    from service.auth import delete_project
+    from service.config import get_settings
+    from service.db import session_scope
+    from service.errors import ResourceNotFound
+
+    try:
+        with session_scope(_sessionmaker(get_settings())) as session:
+            delete_project(session, name)
+    except ResourceNotFound as exc:
+        _fail(exc.detail)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"deleted project {name}")
+
+
 @projects_app.command("list")
 def projects_list() -> None:
     """List projects: name, id, created, deleted."""

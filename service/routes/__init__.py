@@ -21,6 +21,7 @@ V1_MODULES: tuple[str, ...] = (
     "jobs",
     "dicom",
     "audit",
+    "keys",
 )
 
 

@@ -259,3 +259,75 @@ def test_migration_of_an_old_database(tmp_path, database_url: str):
         ).all()
         assert sorted(r[0] for r in keys) == ["default", "pb"]
     engine.dispose()
+
+
+def test_project_keys_superuser_and_deleted_project(world: World):
+    from service.auth import delete_project
+
+    c, ids = world.client, world.ids
+    made = c.post("/v1/keys", json={"name": "ci", "scopes": ["read"], "expires": "1d"}, headers=world.h("a"))
+    assert made.status_code == 201, made.text
+    new = made.json()
+    assert new["project"] == "pa" and new["key"].startswith("msl_") and new["expires"]
+    new_h = {"Authorization": f"Bearer {new['key']}"}
+    assert c.get(f"/v1/volumes/{ids['vid']}", headers=new_h).status_code == 200
+    listed = c.get("/v1/keys", headers=world.h("a")).json()["items"]
+    assert {k["project"] for k in listed} == {"pa"} and all(k.get("key") is None for k in listed)
+    assert new["id"] in {k["id"] for k in listed}
+    assert not {k["id"] for k in c.get("/v1/keys", headers=world.h("b")).json()["items"]} & {new["id"]}
+    assert c.delete(f"/v1/keys/{new['id']}", headers=world.h("b")).status_code == 404  # B cannot revoke it
+    bad = c.post("/v1/keys", json={"scopes": ["superuser"]}, headers=world.h("a"))
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+    assert c.delete(f"/v1/keys/{new['id']}", headers=world.h("a")).status_code == 200
+    assert c.get(f"/v1/volumes/{ids['vid']}", headers=new_h).status_code == 401  # revoked: the next request
+    # last_used is kept
+    with world.engine.connect() as conn:
+        assert conn.execute(text("SELECT last_used FROM api_keys WHERE id = :i"), {"i": new["id"]}).scalar()
+    # superuser (CLI-made) sees every project; a deleted project's keys are refused
+    with session_scope(make_sessionmaker(world.engine)) as s:
+        su = create_key(s, "su", "superuser", project="pb")[1]
+    su_h = {"Authorization": f"Bearer {su}"}
+    assert c.get(f"/v1/volumes/{ids['vid']}", headers=su_h).status_code == 200
+    assert ids["vid"] in _ids_in(c.get("/v1/volumes", headers=su_h).json())
+    with session_scope(make_sessionmaker(world.engine)) as s:
+        delete_project(s, "pa")
+    r = c.get(f"/v1/volumes/{ids['vid']}", headers=world.h("a"))
+    assert r.status_code == 401 and r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_cli_projects_keys_audit(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from service.cli import _register, app
+    from service.config import get_settings
+
+    monkeypatch.setenv("MEDSEGLENS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("MEDSEGLENS_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    _register()
+    run = CliRunner().invoke
+    assert run(app, ["projects", "create", "pa"]).exit_code == 0
+    dup = run(app, ["projects", "create", "pa"])
+    assert dup.exit_code == 2 and "exists already" in dup.output
+    assert "pa" in run(app, ["projects", "list"]).output
+    made = run(app, ["keys", "create", "--project", "pa", "--scopes", "read,admin", "--expires", "30d"])
+    assert made.exit_code == 0, made.output
+    key = made.output.split()[-1]
+    assert key.startswith("msl_") and "project=pa" in made.output
+    unknown = run(app, ["keys", "create", "--project", "nope"])
+    assert unknown.exit_code == 2 and "No project 'nope'" in unknown.output
+    assert run(app, ["keys", "create", "--expires", "soon"]).exit_code == 2
+    listed = run(app, ["keys", "list"]).output
+    assert "project=pa" in listed and key not in listed
+    key_id = made.output.split("id=")[1].split()[0]
+    assert run(app, ["keys", "revoke", key_id]).exit_code == 0
+    out = run(app, ["audit", "export", "--since", "1d"])
+    assert out.exit_code == 0
+    assert all(json.loads(line) for line in out.output.splitlines())
+    inverted = run(app, ["audit", "export", "--since", "2026-02-01", "--until", "2026-01-01"])
+    assert inverted.exit_code == 2 and "after" in inverted.output
+    assert run(app, ["projects", "delete", "default"]).exit_code == 2
+    assert run(app, ["projects", "delete", "pa"]).exit_code == 0
+    get_settings.cache_clear()
