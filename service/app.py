@@ -19,6 +19,7 @@ from service.audit import AuditMiddleware
 from service.config import Settings, get_settings
 from service.db import create_tables, make_engine, make_sessionmaker
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from service.jsonlimits import JsonDepthMiddleware
 from service.observability import Metrics, RequestContextMiddleware, configure_logging
 from service.pool import ModelPool
 from service.routes import health, v1_routers
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
     install_error_handlers(app)
 
     mounted = [("", health.router), *(("/v1", router) for router in v1_routers())]
+    app.add_middleware(JsonDepthMiddleware)  # innermost: a JSON bomb is refused before FastAPI parses it
     app.add_middleware(AuditMiddleware)  # inside the request-id middleware: rows carry the request id
     app.add_middleware(RequestContextMiddleware, metrics=metrics, templates=_route_templates(mounted))
     for prefix, router in mounted:

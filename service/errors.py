@@ -151,21 +151,21 @@ def problem_response(
     **extra: Any,
 ) -> JSONResponse:
     """Build an ``application/problem+json`` response for ``request``."""
-    body = Problem(
-        type=PROBLEM_BASE + slug,
-        title=title,
-        status=status,
-        detail=detail,
-        instance=request.url.path,
-        request_id=getattr(request.state, "request_id", None),
-        **extra,
-    )
-    return JSONResponse(
-        jsonable_encoder(body, exclude_none=True),
-        status_code=status,
-        media_type=PROBLEM_MEDIA_TYPE,
-        headers=headers,
-    )
+    core = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    try:
+        content = jsonable_encoder(Problem(**core, **extra), exclude_none=True)
+    except (ValueError, TypeError, RecursionError):
+        # The extras describe the bad input and would not render (e.g. nested past the
+        # serializer's depth): answer with the problem itself rather than a 500.
+        content = jsonable_encoder(Problem(**core), exclude_none=True)
+    return JSONResponse(content, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -276,7 +276,8 @@ _RESPONSE_DOCS = {
     413: "Upload over the byte limit or volume over the voxel limit (`payload-too-large`, `file-too-large`, "
     "`too-many-voxels`).",
     415: "Wrong request media type (`unsupported-media-type`).",
-    422: "Invalid value (`validation-error`, `invalid-upload`, and the core's `invalid-input` kinds: "
+    422: "Invalid value (`validation-error`, `invalid-upload`, `json-too-deep`: JSON nested deeper than 32 "
+    "levels, and the core's `invalid-input` kinds: "
     "`non-finite-voxels`, `modality-shape-mismatch`, `affine-mismatch`, `invalid-label-values`, ...).",
     503: "A dependency is down or not ready (`service-unavailable`).",
 }

@@ -33,6 +33,7 @@ from service.dicom import (
     study_to_stage,
 )
 from service.errors import InvalidUpload, problem_responses, problem_statuses, stored_artefact
+from service.jsonlimits import loads_bounded
 from service.models_db import Intervention, Segmentation, Volume
 from service.routes.interventions import InterventionDep
 from service.routes.segmentations import SegmentationDep
@@ -254,7 +255,7 @@ async def create_volume_from_dicom(
         metadata: dict[str, Any] = {}
         if upload.fields.get("metadata"):
             try:
-                metadata = json.loads(upload.fields["metadata"])
+                metadata = loads_bounded(upload.fields["metadata"], "'metadata'")
             except json.JSONDecodeError as exc:
                 raise InvalidUpload("'metadata' is not valid JSON; send a JSON object.") from exc
             if not isinstance(metadata, dict):

@@ -25,6 +25,7 @@ from service.deps import (
     VolumeDep,
 )
 from service.errors import MAX_OFFSET, InvalidUpload, problem_responses, problem_statuses
+from service.jsonlimits import loads_bounded
 from service.models_db import Intervention, Segmentation, Volume
 from service.schemas.volumes import VolumeFile, VolumeOut, VolumePage
 from service.storage import Storage, atomic_write_bytes, new_id
@@ -94,7 +95,7 @@ def parse_form(upload: ParsedUpload) -> UploadForm:
         if not raw:
             raise InvalidUpload("A 4-D 'image' needs 'modality_order', e.g. 't1n,t1c,t2w,t2f'.")
         try:
-            items = json.loads(raw) if raw.startswith("[") else raw.split(",")
+            items = loads_bounded(raw, "'modality_order'") if raw.startswith("[") else raw.split(",")
         except json.JSONDecodeError as exc:
             raise InvalidUpload("'modality_order' is not a JSON list or a comma-separated list.") from exc
         order = tuple(str(m).strip() for m in items)
@@ -106,7 +107,7 @@ def parse_form(upload: ParsedUpload) -> UploadForm:
     metadata: dict[str, Any] = {}
     if upload.fields.get("metadata"):
         try:
-            metadata = json.loads(upload.fields["metadata"])
+            metadata = loads_bounded(upload.fields["metadata"], "'metadata'")
         except json.JSONDecodeError as exc:
             raise InvalidUpload("'metadata' is not valid JSON; send a JSON object.") from exc
         if not isinstance(metadata, dict):
