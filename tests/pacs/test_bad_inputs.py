@@ -210,3 +210,47 @@ def test_no_patient_attribute_in_logs_or_answers(tmp_path, caplog):
         assert ok.status_code == 201, ok.text
     for text in (caplog.text, bad.text, ok.text):
         assert "DOE" not in text.upper() and "JANE" not in text.upper()
+
+
+def test_compressed_pixel_data_decoded_or_415(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    from medseglens_core.io.dicom import datasets_from_bytes, read_study
+
+    write_case_study(tmp_path / "dcm")
+    plain = read_study(
+        datasets_from_bytes((p.name, p.read_bytes()) for p in sorted((tmp_path / "dcm").rglob("*.dcm")))
+    )
+    for p in _series_files(tmp_path / "dcm", "t2w"):  # RLE: pydicom decodes it natively
+        ds = pydicom.dcmread(p)
+        ds.compress(RLELossless)
+        ds.save_as(p)
+    rle = read_study(
+        datasets_from_bytes((p.name, p.read_bytes()) for p in sorted((tmp_path / "dcm").rglob("*.dcm")))
+    )
+    np.testing.assert_array_equal(rle.series["t2w"].data, plain.series["t2w"].data)
+    with tiny_client(tmp_path) as (client, headers):
+        r = _post_zip(client, headers, zip_dir(tmp_path / "dcm"))
+        assert r.status_code == 201, r.text
+        client.delete(f"/v1/volumes/{r.json()['id']}", headers=headers)
+        p = _series_files(tmp_path / "dcm", "t2f")[4]  # a transfer syntax no installed handler decodes
+        ds = pydicom.dcmread(p)
+        ds.PixelData = encapsulate([b"\x00" * 64])
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile
+        ds.save_as(p)
+        r = _post_zip(client, headers, zip_dir(tmp_path / "dcm"))
+        assert r.status_code == 415 and r.headers["content-type"] == "application/problem+json", r.text
+        assert "'BraTS t2f'" in r.json()["detail"] and "1.2.840.10008.1.2.4.100" in r.json()["detail"]
+        assert client.get("/v1/volumes", headers=headers).json()["total"] == 0
+
+
+def test_dicomweb_pull_without_a_configured_server_is_503(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDSEGLENS_DICOMWEB_URL", raising=False)
+    with tiny_client(tmp_path) as (client, headers):
+        r = client.post("/v1/volumes/dicomweb", json={"study_instance_uid": "1.2.3.4"}, headers=headers)
+        assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
+        assert "MEDSEGLENS_DICOMWEB_URL" in r.json()["detail"]
+        r = client.post("/v1/volumes/dicomweb", json={"study_instance_uid": "not a uid"}, headers=headers)
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+        assert client.get("/v1/volumes", headers=headers).json()["total"] == 0
