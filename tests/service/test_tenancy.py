@@ -120,12 +120,39 @@ def _ids_in(page: dict) -> set[str]:
     return {str(x.get("id")) for x in page["items"]}
 
 
+ID_PARAMS = ("{volume_id}", "{segmentation_id}", "{intervention_id}", "{job_id}")
+
+
+def test_the_matrix_covers_every_route_with_a_project_owned_id(world: World):
+    ids = world.ids
+    back = {ids["vid"]: "{volume_id}", ids["sid"]: "{segmentation_id}", ids["iid"]: "{intervention_id}"}
+    back[ids["jid"]] = "{job_id}"
+    covered = set()
+    for method, path, _ in _reads(ids) + _writes(ids):
+        for value, name in back.items():
+            path = path.replace(value, name)
+        covered.add((method, path.replace("/latents/0/", "/latents/{latent}/")))
+    doc = world.client.get("/openapi.json").json()
+    owned = {
+        (m.upper(), p) for p, item in doc["paths"].items() for m in item if any(x in p for x in ID_PARAMS)
+    }
+    assert owned - covered == set(), "add these routes to the tenancy matrix"
+
+
 def test_route_matrix(world: World):
     c, ids = world.client, world.ids
     mine = set(ids.values())
+    writes: list[str] = []  # request ids of every state-changing request: each must be audited
+
+    def call(method: str, path: str, body: dict | None, who: str):
+        r = c.request(method, path, json=body, headers=world.h(who))
+        if method != "GET":
+            writes.append(r.headers["x-request-id"])
+        return r
+
     # Other project: every id of A is unknown (404, never 403), every list lacks them.
     for method, path, body in _reads(ids) + _writes(ids):
-        r = c.request(method, path, json=body, headers=world.h("b"))
+        r = call(method, path, body, "b")
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
     for path in LISTS:
@@ -136,7 +163,7 @@ def test_route_matrix(world: World):
     # No key, revoked key, expired key: 401 on every route, reads and writes alike.
     for who in ("none", "revoked", "expired"):
         for method, path, body in [*_reads(ids), *_writes(ids), *(("GET", p, None) for p in LISTS)]:
-            r = c.request(method, path, json=body, headers=world.h(who))
+            r = call(method, path, body, who)
             assert r.status_code == 401, (who, method, path, r.status_code)
     # Own project: everything is there.
     for path in LISTS:
@@ -146,12 +173,16 @@ def test_route_matrix(world: World):
         # found (a NIfTI upload has no DICOM SEG: 409; a job still running has no result: 404)
         expected = {"seg.dcm": 409, "result": 404}.get(path.rsplit("/", 1)[-1], 200)
         assert r.status_code in (200, expected), (path, r.status_code, r.text)
-    assert c.delete(f"/v1/jobs/{ids['jid']}", headers=world.h("a")).status_code in (202, 409)
-    assert c.delete(f"/v1/volumes/{ids['vid']}", headers=world.h("a")).status_code == 204
+    assert call("DELETE", f"/v1/jobs/{ids['jid']}", None, "a").status_code in (202, 409)
+    assert call("DELETE", f"/v1/volumes/{ids['vid']}", None, "a").status_code == 204
     assert c.get(f"/v1/volumes/{ids['vid']}", headers=world.h("a")).status_code == 404
     # The shared catalog stays visible to every project.
     for who in ("a", "b"):
         assert UNET in {m["id"] for m in c.get("/v1/models", headers=world.h(who)).json()["items"]}
+    # 100% of the state-changing requests above have their audit row.
+    with world.engine.connect() as conn:
+        audited = {r[0] for r in conn.execute(text(f"SELECT request_id FROM {AuditEvent.__tablename__}"))}
+    assert len(writes) == 4 * len(_writes(ids)) + 2 and set(writes) <= audited
 
 
 def test_new_rows_carry_the_callers_project(world: World):
