@@ -67,3 +67,28 @@ def montage(
 
     path = make_montage(data, out)
     typer.echo(f"wrote {path}")
+
+
+def _shift_kinds_help() -> str:
+    from medseglens_core.data.shifts import SHIFTS
+
+    return "Acquisition shift: " + ", ".join(SHIFTS) + "."
+
+
+@app.command("shift")
+def shift(
+    kind: Annotated[str, typer.Option(help=_shift_kinds_help())],
+    src: Annotated[Path, typer.Option(help="Folder of BraTS-2023 case folders (e.g. a synth output).")],
+    out: Annotated[Path, typer.Option(help="New output folder: <out>/<case_id>/..., <out>/shift.json.")],
+    seed: Annotated[int, typer.Option(min=0, help="Seed (each case's noise depends on seed, kind, id).")] = 0,
+    severity: Annotated[float, typer.Option(help="Strength in (0, 1]; 1 is the strongest.")] = 1.0,
+) -> None:
+    """Apply an acquisition shift to every case under SRC (labels untouched); write them to OUT.
+
+    The kinds are described in ``medseglens_core/data/shifts.py``; nothing is written on error."""
+    from medseglens_core.data.shifts import shift_folder
+
+    ids = shift_folder(kind, src, out, severity=severity, seed=seed)
+    typer.echo(
+        json.dumps({"kind": kind, "severity": severity, "seed": seed, "cases": len(ids), "out": str(out)})
+    )
