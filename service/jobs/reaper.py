@@ -33,7 +33,8 @@ def reap_once(
 ) -> dict[str, str]:
     """Handle every stale running job once; returns ``{job_id: new state}`` for those this call moved.
 
-    ``cleanup(job_id)`` runs for each job moved to ``failed``/``cancelled`` (removes its staging).
+    ``cleanup(job_id)`` removes a dead attempt's staging: for each job moved to ``failed`` or
+    ``cancelled``, and for a re-queued one before it is enqueued again (so no attempt of it runs).
     """
     cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
     moved: dict[str, str] = {}
@@ -45,6 +46,8 @@ def reap_once(
             continue
         retry = enqueue is not None and job.attempts < settings.max_attempts
         if retry and store.end_stale(job, JobState.QUEUED, None):
+            if cleanup is not None:  # the dead attempt's staging goes before the next one can start
+                cleanup(job.id)
             try:
                 enqueue(job.id, job.attempts + 1, job.queue)  # type: ignore[misc]
                 moved[job.id] = JobState.QUEUED.value

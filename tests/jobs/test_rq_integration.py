@@ -90,11 +90,16 @@ def test_sigkilled_worker_job_is_retried_when_configured(env, monkeypatch):
     try:
         job_id = api.submit({"tokens": 40}).json()["id"]
         api.wait(job_id, lambda j: j["metrics"].get("step", 0) >= 2, timeout=60)
+        assert (zoo / "saes" / f".staging-{job_id}").is_dir()  # the attempt is writing its staging
         w.send_signal(signal.SIGKILL)
         w.wait(5)
+        # re-queued with no worker alive: the dead attempt's staging is gone already
+        api.wait(job_id, lambda j: j["state"] == "queued", timeout=10)
+        assert published_saes(zoo) == []
         workers.append(start_worker(tmp_path / "data", zoo, url, retry_env))
         done = api.wait(job_id, lambda j: j["state"] in ("succeeded", "failed"), timeout=60)
         assert done["state"] == "succeeded" and done["attempts"] == 2, done
+        assert published_saes(zoo) == [done["metrics"]["result"]["sae_id"]]  # no staging left
     finally:
         api.close()
 

@@ -132,9 +132,22 @@ def test_reaper_fails_retries_cancels_and_spares_live_jobs(store):
     cancelled = _stale_running(store, cancel=True)
     alive = _stale_running(store, age_s=1)
     cleaned: list[str] = []
-    moved = reap_once(store, cfg, lambda *a: enqueued.append(a), cleaned.append)
+    order: list[str] = []
+
+    def enqueue(*a):
+        enqueued.append(a)
+        order.append(f"enqueue {a[0]}")
+
+    def cleanup(job_id):
+        cleaned.append(job_id)
+        order.append(f"cleanup {job_id}")
+
+    moved = reap_once(store, cfg, enqueue, cleanup)
     assert moved == {dead_once: "queued", dead_twice: "failed", cancelled: "cancelled"}
-    assert enqueued == [(dead_once, 2, "q")] and sorted(cleaned) == sorted([dead_twice, cancelled])
+    assert enqueued == [(dead_once, 2, "q")]
+    # every dead attempt's staging goes; a re-queued job's before it is enqueued again
+    assert sorted(cleaned) == sorted([dead_once, dead_twice, cancelled])
+    assert order.index(f"cleanup {dead_once}") < order.index(f"enqueue {dead_once}")
     failed = store.get(dead_twice)
     assert "stopped sending heartbeats" in failed.error and failed.finished is not None
     assert store.get(alive).state == "running"
