@@ -191,8 +191,11 @@ def write_latent_map(
     tmp.replace(path)
 
 
-def render_overlay(storage: Storage, volume: Volume, labels_path: Path, z: int | None) -> bytes:
-    """PNG: the four modalities of axial slice ``z`` (RAS case grid) with the predicted labels.
+def render_overlay(
+    storage: Storage, volume: Volume, labels_path: Path, z: int | None, model_id: str | None = None
+) -> bytes:
+    """PNG: the four modalities of axial slice ``z`` (RAS case grid) with the predicted labels,
+    a colour legend and a caption naming the model.
 
     ``z`` None -> the slice with the most predicted tumour (the middle one when there is none).
     """
@@ -200,7 +203,8 @@ def render_overlay(storage: Storage, volume: Volume, labels_path: Path, z: int |
 
     case = load_volume_case(storage, volume)
     labels = np.load(labels_path)
-    return render_case_preview(case.image, labels, z)
+    caption = f"predicted by {model_id}" if model_id else "predicted labels"
+    return render_case_preview(case.image, labels, z, caption=caption)
 
 
 def intervene(

@@ -273,5 +273,7 @@ async def get_segmentation_overlay(
         f"label map of segmentation {segmentation.id}",
         REDO_SEGMENTATION,
     )
-    png = await pool.run(segmenting.render_overlay, storage, volume, labels, slice, kind="preview")
+    png = await pool.run(
+        segmenting.render_overlay, storage, volume, labels, slice, segmentation.model_id, kind="preview"
+    )
     return Response(png, media_type="image/png")

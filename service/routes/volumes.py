@@ -267,4 +267,6 @@ def _render_preview(storage: Storage, volume: Volume) -> bytes:
     from service.previews import render_case_preview
 
     case = load_volume_case(storage, volume)
-    return render_case_preview(case.image, case.label)
+    return render_case_preview(
+        case.image, case.label, caption="uploaded label" if case.label is not None else None
+    )
