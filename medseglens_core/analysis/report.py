@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from medseglens_core.analysis.casepass import input_size_of, load_if_path
 from medseglens_core.analysis.crossarch import crossarch_from_cases
 from medseglens_core.analysis.diff import (
     CaseLatentStats,
+    CohortStats,
     DiffCriteria,
     align_saes,
     cohort_case_stats,
@@ -161,7 +162,77 @@ def _model_section(
         },
         "cohort_sae_alignment": _cohort_alignment(entry, source),
     }
+    out["controls"] = diff_controls(
+        model, sae, hook, mcard, cases[source], stats[source], source, criteria, max_slices
+    )
     return out, volcano, model, sae
+
+
+CONTROL_SHIFT = "modality_swap"  # planted acquisition shift of the positive control
+CONTROL_SEED = 0
+
+
+def _subset(cs: CohortStats, idx: np.ndarray) -> CohortStats:
+    """The cases ``idx`` of a cohort's statistics."""
+    return CohortStats(
+        case_ids=[cs.case_ids[i] for i in idx],
+        firing_rate=cs.firing_rate[idx],
+        mean_activation=cs.mean_activation[idx],
+        mean_active=cs.mean_active[idx],
+        region_mass=cs.region_mass[idx],
+        n_tokens=cs.n_tokens[idx],
+        attribution={k: v[idx] for k, v in cs.attribution.items()},
+        region_tokens=None if cs.region_tokens is None else cs.region_tokens[idx],
+    )
+
+
+def null_control(
+    source_stats: CohortStats, d_sae: int, criteria: DiffCriteria, seed: int = CONTROL_SEED
+) -> dict:
+    """Same-cohort random split (half vs half) through the same test: must find 0 latents."""
+    n = len(source_stats.case_ids)
+    if n < 4:
+        return {"found": None, "reason": f"{n} source cases (< 4)"}
+    perm = np.random.default_rng(seed).permutation(n)
+    a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+    st = CaseLatentStats(d_sae=d_sae, cohorts={"A": _subset(source_stats, a), "B": _subset(source_stats, b)})
+    found = [d.latent for d in compare_cohorts(st, "A", "B", criteria) if d.specific]
+    return {"found": len(found), "latents": found, "n_a": len(a), "n_b": len(b), "seed": seed}
+
+
+def diff_controls(
+    model: Any,
+    sae: Any,
+    hook: str,
+    mcard: dict,
+    source_cases: list[Any],
+    source_stats: CohortStats,
+    source: str,
+    criteria: DiffCriteria,
+    max_slices: int | None,
+) -> dict[str, dict]:
+    """Positive control (a planted shift on the held-out source cases vs the same cases
+    unshifted, same test) and null control (a random split of the source cohort)."""
+    from medseglens_core.data.shifts import apply_shift
+
+    loaded = [load_if_path(c, source) for c in source_cases]
+    planted = [
+        replace(c, image=apply_shift(c, CONTROL_SHIFT, seed=CONTROL_SEED), case_id=c.case_id) for c in loaded
+    ]
+    pst = cohort_case_stats(model, sae, {"planted": planted}, hook=hook, card=mcard, max_slices=max_slices)
+    st = CaseLatentStats(d_sae=pst.d_sae, cohorts={"planted": pst["planted"], "unshifted": source_stats})
+    found = [d.latent for d in compare_cohorts(st, "planted", "unshifted", criteria) if d.specific]
+    return {
+        "positive": {
+            "found": len(found),
+            "latents": found,
+            "shift": CONTROL_SHIFT,
+            "seed": CONTROL_SEED,
+            "cohort": source,
+            "n_cases": len(loaded),
+        },
+        "null": null_control(source_stats, pst.d_sae, criteria),
+    }
 
 
 def _cohort_alignment(entry: ZooEntry, source: str, threshold: float = 0.7) -> list[dict[str, Any]]:
