@@ -149,6 +149,9 @@ class DiffCriteria:
     min_pooled_rate: float = 3e-3  # test only latents firing on >= this fraction of pooled tokens
     log_eps: float = 1e-3  # about one token of a case's ~1000 brain tokens
     n_perm: int = 10000  # relabellings of the permutation test (exact when fewer exist)
+    # second family: mean activation per tumour token (NCR+SNFH+ET, from the labels), same
+    # test, effect and fold thresholds; BH within each family (a latent passes on either)
+    tumour_contrast: bool = True
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,17 @@ def _reference_values(
 _TESTS = ("permutation", "welch", "mwu")
 
 
+def tumour_activation(cs: CohortStats) -> np.ndarray:
+    """``(n_tumour_cases, d)`` mean activation per tumour token (NCR+SNFH+ET) of the cases that
+    have labelled tumour tokens (the tumour neighbourhood contrast; healthy cases drop out)."""
+    if cs.region_tokens is None:
+        return np.zeros((0, cs.region_mass.shape[1]))
+    tokens = cs.region_tokens[:, 1:]
+    ok = ~np.isnan(tokens).any(axis=1) & (np.nan_to_num(tokens).sum(axis=1) > 0)
+    mass = np.nansum(cs.region_mass[ok][:, :, 1:], axis=2)
+    return mass / tokens[ok].sum(axis=1)[:, None]
+
+
 def case_level_pvalues(tgt: np.ndarray, ref: np.ndarray, criteria: DiffCriteria) -> np.ndarray:
     """``(d,)`` two-sided p of ``criteria.test`` on per-case values ``(n1, d)`` vs ``(n2, d)``."""
     if criteria.test == "mwu":
@@ -277,14 +291,33 @@ def compare_cohorts(
         p[tested] = case_level_pvalues(tgt[:, tested], ref[:, tested], criteria)
         q[tested] = benjamini_hochberg(p[tested])
     lr = log2_ratio(t_rate, r_rate)
+    spec = tested & (q < criteria.alpha) & (np.abs(effect) >= criteria.min_rank_biserial)
+    spec &= np.abs(lr) >= criteria.min_log2_ratio
+    names = (
+        [c for c in stats.cohorts if c != target]
+        if reference is None
+        else ([reference] if isinstance(reference, str) else list(reference))
+    )
+    tt = tumour_activation(stats[target])
+    tr = np.concatenate([tumour_activation(stats[c]) for c in names])
+    if criteria.tumour_contrast and len(tt) >= 3 and len(tr) >= 3 and tested.any():
+        tested2 = tested & (np.concatenate([tt, tr]).mean(axis=0) > 0)
+        p2 = np.ones(stats.d_sae)
+        p2[tested2] = case_level_pvalues(tt[:, tested2], tr[:, tested2], criteria)
+        q2 = np.ones(stats.d_sae)
+        q2[tested2] = benjamini_hochberg(p2[tested2])
+        _, eff2 = case_level_test(tt, tr)
+        lr2 = log2_ratio(tt.mean(axis=0), tr.mean(axis=0))
+        spec = tested & (q < criteria.alpha) & (np.abs(effect) >= criteria.min_rank_biserial)
+        spec &= np.abs(lr) >= criteria.min_log2_ratio
+        spec2 = tested2 & (q2 < criteria.alpha) & (np.abs(eff2) >= criteria.min_rank_biserial)
+        spec2 &= np.abs(lr2) >= criteria.min_log2_ratio
+        only2 = spec2 & ~spec  # report the tumour family's statistics where only it passes
+        p, q, effect, lr = (np.where(only2, a2, a) for a, a2 in ((p, p2), (q, q2), (effect, eff2), (lr, lr2)))
+        spec = spec | spec2
     out = []
     for j in range(stats.d_sae):
-        specific = bool(
-            tested[j]
-            and q[j] < criteria.alpha
-            and abs(effect[j]) >= criteria.min_rank_biserial
-            and abs(lr[j]) >= criteria.min_log2_ratio
-        )
+        specific = bool(spec[j])
         direction = ("up" if effect[j] > 0 else "down") if specific else "none"
         out.append(
             LatentDiff(

@@ -39,3 +39,21 @@ def test_planted_effect_is_found_by_the_same_test():
         d.latent for d in compare_cohorts(st, "planted", "unshifted", DiffCriteria(n_perm=2000)) if d.specific
     ]
     assert found == [5]
+
+
+def test_tumour_contrast_finds_a_latent_whose_whole_brain_rate_hides_it():
+    rng = np.random.default_rng(3)
+    n, d = 10, 16
+    rates = rng.uniform(0.05, 0.1, size=(2, n, d))
+    a, b = _cohort(rates[0]), _cohort(rates[1])
+    for cs in (a, b):
+        cs.region_mass = np.ones((n, d, 4)) * 10 * rng.uniform(0.9, 1.1, size=(n, d, 4))
+    a.region_mass[:, 7, 1:] *= 8.0  # latent 7: eight times the activation per tumour token
+    st = CaseLatentStats(d_sae=d, cohorts={"t": a, "r": b})
+    on = [x.latent for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000)) if x.specific]
+    off = [
+        x
+        for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000, tumour_contrast=False))
+        if x.specific
+    ]
+    assert on == [7] and off == []
