@@ -174,7 +174,7 @@ def test_worker_reconnects_when_redis_comes_back(tmp_path, monkeypatch):
     worker = start_worker(tmp_path / "data", zoo, url)
     api = None
     try:
-        time.sleep(2.5)  # the worker is up and listening
+        _wait_registered(port)  # the worker is up and listening (however loaded the machine)
         server.terminate()
         server.wait(5)
         time.sleep(1.5)  # the worker sees the connection drop
@@ -205,8 +205,10 @@ def test_worker_started_before_redis_waits_for_it(tmp_path, monkeypatch):
     zoo = make_zoo(tmp_path / "zoo")
     worker = start_worker(tmp_path / "data", zoo, url)
     server = api = None
+    seen: list[str] = []
     try:
-        time.sleep(4.0)  # the worker has tried Redis at least once and found nothing
+        # wait (however loaded the machine) until the worker has tried Redis and said it will retry
+        assert _read_until(worker, "Redis unreachable", seen, timeout=90), "".join(seen)
         assert worker.poll() is None, "worker died while Redis was down"
         server = _redis_server(port)
         api = Api(tmp_path / "data", zoo, url)
@@ -215,8 +217,36 @@ def test_worker_started_before_redis_waits_for_it(tmp_path, monkeypatch):
     finally:
         if api is not None:
             api.close()
-        log = stop_worker(worker)
+        log = "".join(seen) + stop_worker(worker)
         if server is not None:
             server.terminate()
             server.wait(5)
     assert "Redis unreachable" in log
+
+
+def _wait_registered(port: int, timeout: float = 90.0) -> None:
+    """Wait until an RQ worker has registered itself in the Redis on ``port``."""
+    import redis
+
+    r = redis.Redis(port=port)
+    deadline = time.monotonic() + timeout
+    while not r.smembers("rq:workers"):
+        assert time.monotonic() < deadline, "the worker never registered in Redis"
+        time.sleep(0.2)
+
+
+def _read_until(proc, marker: str, seen: list[str], timeout: float) -> bool:
+    """Read ``proc``'s output lines into ``seen`` until one contains ``marker`` (False on timeout)."""
+    import threading
+
+    found = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            seen.append(line)
+            if marker in line:
+                found.set()
+                return
+
+    threading.Thread(target=pump, daemon=True).start()
+    return found.wait(timeout)
