@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import python_multipart
 from python_multipart.multipart import parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from medseglens_core.io.dicom import (
     DicomError,
@@ -47,7 +46,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.jsonlimits import loads_bounded
-from service.uploads import check_content_length
+from service.uploads import multipart_boundary, stream_multipart
 
 SOURCE_FILE = "source.json"
 FILE_FIELDS = frozenset({"file", "files"})
@@ -166,46 +165,11 @@ class _Receiver:
 
 async def receive_dicom_multipart(request: Request, dest: Path, *, max_bytes: int) -> DicomUpload:
     """Stream a multipart body of ``file`` parts (.dcm files or one zip) into ``dest``; byte-limited."""
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data":
-        raise UnsupportedMediaType("Send the DICOM files (or one zip) as multipart/form-data 'file' parts.")
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise ServiceError("The multipart Content-Type has no boundary parameter.")
-    check_content_length(request, max_bytes)
+    boundary = multipart_boundary(
+        request, max_bytes, "Send the DICOM files (or one zip) as multipart/form-data 'file' parts."
+    )
     rx = _Receiver(dest)
-    callbacks = {
-        "on_part_begin": rx.on_part_begin,
-        "on_header_field": rx.on_header_field,
-        "on_header_value": rx.on_header_value,
-        "on_header_end": rx.on_header_end,
-        "on_headers_finished": rx.on_headers_finished,
-        "on_part_data": rx.on_part_data,
-        "on_part_end": rx.on_part_end,
-        "on_end": rx.on_end,
-    }
-    parser = python_multipart.MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes:
-                raise PayloadTooLarge(
-                    f"Upload is over the limit of {max_bytes} bytes (MEDSEGLENS_MAX_UPLOAD_BYTES).",
-                    headers={"Connection": "close"},
-                )
-            parser.write(chunk)
-        parser.finalize()
-        if not rx.ended:
-            raise ServiceError(
-                "The multipart body ended before its closing boundary; the upload was cut short."
-            )
-    except python_multipart.exceptions.FormParserError as exc:
-        raise ServiceError("Malformed multipart body; check the boundary and part headers.") from exc
-    except ClientDisconnect as exc:
-        raise ServiceError("The upload was interrupted before the body ended; send it again.") from exc
-    finally:
-        rx.close()
+    received = await stream_multipart(request, boundary, rx, max_bytes)
     if not rx.parts:
         raise InvalidUpload("No 'file' part: send the study's .dcm files or one zip as 'file' parts.")
     return DicomUpload(rx.parts, rx.fields, received)

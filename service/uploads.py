@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import python_multipart
 from python_multipart.multipart import parse_options_header
@@ -161,16 +161,33 @@ async def receive_multipart(
     ``dest`` must be a fresh staging directory; on error the caller discards it (partial files stay
     inside it). File parts land as ``<dest>/<role>.nii.gz`` (gzip magic) or ``<role>.nii``.
     """
-    content_type = request.headers.get("content-type", "")
-    ctype, params = parse_options_header(content_type)
+    boundary = multipart_boundary(
+        request, max_bytes, "Send the upload as multipart/form-data (one part per file)."
+    )
+    receiver = _Receiver(dest, file_fields, text_fields, max_text_bytes)
+    await stream_multipart(request, boundary, receiver, max_bytes)
+    return receiver.result
+
+
+def multipart_boundary(request: Request, max_bytes: int, wrong_type: str) -> bytes:
+    """The boundary of a ``multipart/form-data`` request (415 ``wrong_type`` otherwise); checks the
+    declared Content-Length against ``max_bytes`` before any byte is read."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
-        raise UnsupportedMediaType("Send the upload as multipart/form-data (one part per file).")
+        raise UnsupportedMediaType(wrong_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise ServiceError("The multipart Content-Type has no boundary parameter.")
     check_content_length(request, max_bytes)
+    return boundary
 
-    receiver = _Receiver(dest, file_fields, text_fields, max_text_bytes)
+
+async def stream_multipart(request: Request, boundary: bytes, receiver: Any, max_bytes: int) -> int:
+    """Feed the request body to ``receiver`` (python-multipart callbacks ``on_part_begin`` ...
+    ``on_end``, an ``ended`` flag and ``close()``), at most ``max_bytes`` (413); returns bytes read.
+
+    Malformed, truncated or interrupted bodies are 400 service errors; ``receiver`` is always closed.
+    """
     callbacks = {
         "on_part_begin": receiver.on_part_begin,
         "on_header_field": receiver.on_header_field,
@@ -203,4 +220,4 @@ async def receive_multipart(
         raise ServiceError("The upload was interrupted before the body ended; send it again.") from exc
     finally:
         receiver.close()
-    return receiver.result
+    return received
