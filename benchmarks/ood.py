@@ -7,9 +7,8 @@ Prints JSON. For every model of ``--zoo`` with the SAE the service uses for it b
 * ``false_positive_rate``: flagged fraction of ``ZOO/data/test`` cases per cohort (in
   distribution, never used for calibration), and over all of them (target <= 0.05);
 * ``detection``: flagged fraction of non-BraTS or shifted inputs: nilearn's MNI152 T1 given as
-  all four modalities, pure Gaussian-noise volumes (``--noise`` of them), and, when the shift
-  library (``medseglens_core.data.shifts``) is present, every shift kind applied to the adult
-  test cases;
+  all four modalities, pure Gaussian-noise volumes (``--noise`` of them), and every kind of the
+  shift library (``medseglens_core.data.shifts``) applied to the adult test cases;
 * ``overhead``: seconds of the OOD block as the service computes it (the latent firing rates come
   with the top-latent summary; input statistics and assessment) over seconds of a
   segmentation with top latents (``analysis.latents.analyse_case``), medians over
@@ -62,21 +61,13 @@ def _probe_cases(tmp: Path, n_noise: int) -> dict[str, list[Path]]:
 
 
 def _shift_cases(tmp: Path, adult_test: Path) -> dict[str, list[Path]]:
-    try:
-        from medseglens_core.data import shifts
-    except ImportError:
-        return {}
-    kinds = getattr(shifts, "SHIFTS", None) or getattr(shifts, "KINDS", None) or {}
-    apply = getattr(shifts, "shift_folder", None) or getattr(shifts, "apply_to_folder", None)
-    if not kinds or apply is None:
-        return {}
+    """Every kind of the shift library applied (severity 1, seed 0) to the adult test cases."""
+    from medseglens_core.data.shifts import SHIFTS, shift_folder
+
     out = {}
-    for kind in kinds:
+    for kind in SHIFTS:
         dst = tmp / f"shift-{kind}"
-        try:
-            apply(kind, adult_test, dst, seed=0)
-        except TypeError:
-            apply(adult_test, dst, kind=kind, seed=0)
+        shift_folder(kind, adult_test, dst, seed=0)
         out[f"shift:{kind}"] = sorted(p for p in dst.iterdir() if p.is_dir())
     return out
 
