@@ -46,6 +46,14 @@ from typing import Any, Literal
 import numpy as np
 
 from medseglens_core.errors import InvalidInput
+from medseglens_core.interventions.apply import apply_spec
+from medseglens_core.interventions.baselines import (
+    BaselineGrid,
+    case_scores,
+    grid_json,
+    run_baselines,
+    side_effects,
+)
 from medseglens_core.interventions.batch import SliceScorer, score_specs
 from medseglens_core.interventions.gate import fit_gate, gate_report
 from medseglens_core.interventions.report import recovery_document
@@ -89,6 +97,8 @@ class RecoveryConfig:
             latent firing rates and attach it to every candidate spec, so the chosen spec
             leaves scans that look like the source cohort untouched.
         gate_latents: latents the gate reads.
+        baselines: also run the non-latent baselines (:mod:`.baselines`) on the same cases,
+            calibration and gate, and report ``baselines``, ``side_effects`` and ``verdict``.
     """
 
     region: str = "SNFH"
@@ -119,6 +129,7 @@ class RecoveryConfig:
     steer_dilations: tuple[int, ...] = (4, 6, 8)
     gate: bool = True
     gate_latents: int = 32
+    baselines: bool = True
 
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -263,7 +274,62 @@ def run_recovery(
     doc["chosen_family"] = chosen
     held_src = [i for i in src if id(i) not in {id(c) for c in calib_s}]
     doc["gate"] = gate_report(gate_reader, gfit, evaluate, held_src) if gfit is not None else None
+    if cfg.baselines:
+        items = {"calib_t": calib_t, "calib_s": calib_s, "evaluate": evaluate, "source": labelled_src,
+                 "reference": calib_s or src}  # fmt: skip
+        add_baselines(doc, sae, items, protocol, gate, cfg, ev.gate_sae, progress)
     return doc
+
+
+def add_baselines(doc: dict[str, Any], sae: Any, items: dict[str, Sequence[VolumeItem]], protocol: str,
+                  gate: Gate | None, cfg: RecoveryConfig, gate_sae: Any, progress: Progress) -> None:  # fmt: skip
+    """Add ``baselines``, ``side_effects`` (of the protocol's edit) and ``verdict`` to ``doc``:
+    the non-latent baselines (:mod:`.baselines`) on the same cases, calibration and gate."""
+    mode = {"oracle": "oracle", "blind-unlabelled": "unlabelled"}.get(protocol, "labelled")
+    doc["baselines"] = run_baselines(
+        items, mode, region=cfg.region, threshold=cfg.threshold, source_tolerance=cfg.source_tolerance,
+        source_case_tolerance=cfg.source_case_tolerance, gate=gate, sae=sae, gate_sae=gate_sae, progress=progress,
+    )  # fmt: skip
+    doc["baseline_grid"] = grid_json(BaselineGrid())
+    specs = {r["case_id"]: r["spec"] for r in doc["cases"]}
+    before, after = [], []
+    for item in items["evaluate"]:
+        before.append(case_scores(item, item.cache.baseline_labels, cfg.region))
+        spec = specs.get(item.case_id)
+        labels = item.cache.baseline_labels
+        if spec:
+            labels = apply_spec(
+                item.cache, sae, InterventionSpec.model_validate(spec), gate_sae=gate_sae
+            ).edited_labels
+        after.append(case_scores(item, labels, cfg.region))
+    doc["side_effects"] = side_effects(before, after)
+    doc["verdict"] = verdict(doc)
+
+
+def verdict(doc: dict[str, Any]) -> dict[str, Any]:
+    """Whether the latent repair recovers more failures than the best non-latent baseline."""
+    base = doc.get("baselines") or {}
+    rf = lambda v: -1.0 if v is None else float(v)  # noqa: E731
+    best = max(base, key=lambda k: rf(base[k]["recovered_fraction"])) if base else None
+    mine = doc.get("recovered_fraction")
+    theirs = base[best]["recovered_fraction"] if best else None
+    beats = best is not None and rf(mine) > rf(theirs)
+    ties = best is not None and rf(mine) == rf(theirs)
+    if best is None:
+        text = "no baseline was run"
+    elif beats:
+        text = f"the latent repair beats the best non-latent baseline ({best}): {rf(mine):.2f} vs {rf(theirs):.2f} of failures recovered"
+    elif ties:
+        text = f"the latent repair ties the best non-latent baseline ({best}) at {rf(mine):.2f}: it adds nothing here"
+    else:
+        text = f"the latent repair adds nothing here: {best} recovers {rf(theirs):.2f} of failures vs {rf(mine):.2f}"
+    return {
+        "latent_recovered_fraction": mine,
+        "best_baseline": best,
+        "best_baseline_recovered_fraction": theirs,
+        "beats_best_baseline": bool(beats),
+        "summary": text,
+    }
 
 
 def _emit(progress: Progress, **info: Any) -> None:
