@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medseglens_core import __version__
+from medseglens_core.catalog import data_split, test_data_dir, train_data_dir  # the split rule; re-exported
 from medseglens_core.determinism import TRAIN_THREADS
 from medseglens_core.io.case import Case
 
@@ -114,21 +115,6 @@ def config_sha256(cfg: ZooConfig | dict[str, Any]) -> str:
 
 
 SPLIT_OFFSETS = {"train": 0, "val": 1000, "test": 2000}
-
-
-def data_split(zoo: Path, cohort: str, split: str) -> Path:
-    """Folder of one cohort's split inside a zoo."""
-    return Path(zoo) / "data" / split / cohort
-
-
-def train_data_dir(zoo: str | Path) -> Path:
-    """The zoo's training cases, one sub-folder per cohort (what SAE training jobs read)."""
-    return Path(zoo) / "data" / "train"
-
-
-def test_data_dir(zoo: str | Path) -> Path:
-    """The zoo's held-out cases, one sub-folder per cohort (diff reports, recovery, latent cards)."""
-    return Path(zoo) / "data" / "test"
 
 
 def _say(progress: Progress | None, msg: str) -> None:

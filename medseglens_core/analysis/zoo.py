@@ -1,23 +1,18 @@
 """Finding models, their SAEs and cohort case folders for a diff report.
 
-Zoo layout (docs/ARCHITECTURE.md): ``ZOO/models/<model_id>/card.json`` and
-``ZOO/saes/<sae_id>/card.json`` whose ``model_id`` names the model it was trained on.
-An SAE card with a string ``cohort`` field is a per-cohort SAE (used only for cross-cohort
-decoder alignment); among the other SAEs of a model the main one is the SAE whose card lists the
-most ``cohorts`` (ties: first by id).
-
-Data layout: ``DATA/<cohort>/`` holds case folders, directly or under ``train/val/test``; when a
-``test`` split exists only it is used (the models never saw those cases).
+Which SAE is a model's main SAE, which are per-cohort or gate SAEs, and which split of a data
+folder is read, is the zoo catalogue's rule (:mod:`medseglens_core.catalog`); this module turns
+it into the entries a diff report iterates over.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseglens_core.errors import InvalidInput, NotFound
+from medseglens_core.catalog import Catalog, cohort_case_root
+from medseglens_core.errors import NotFound
 
 
 @dataclass
@@ -44,40 +39,28 @@ class ZooEntry:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidInput(
-            f"cannot read {path.parent.name}/{path.name} ({exc}); restore or rebuild it"
-        ) from exc
-
-
 def discover_zoo(zoo_dir: Path | str) -> list[ZooEntry]:
-    """Models of ``zoo_dir`` that have at least one SAE, sorted by model id."""
+    """Models of ``zoo_dir`` that have a main SAE (:meth:`Catalog.main_sae`), sorted by model id.
+
+    Raises :class:`InvalidInput` on an unreadable card and :class:`NotFound` when ``zoo_dir`` is
+    not a zoo or no model has a main SAE.
+    """
     zoo = Path(zoo_dir)
     if not (zoo / "models").is_dir() or not (zoo / "saes").is_dir():
         raise NotFound(
             f"{zoo.name!r} is not a zoo: it needs models/ and saes/ sub-folders (run `medseglens zoo build`)"
         )
-    saes: dict[str, list[tuple[str, Path, dict]]] = {}
-    for d in sorted(p for p in (zoo / "saes").iterdir() if (p / "card.json").is_file()):
-        card = _read_json(d / "card.json")
-        if card.get("model_id"):
-            saes.setdefault(str(card["model_id"]), []).append((d.name, d, card))
+    catalog = Catalog.read(zoo, strict=True)
     out = []
-    for d in sorted(p for p in (zoo / "models").iterdir() if (p / "card.json").is_file()):
-        card = _read_json(d / "card.json")
-        model_id = str(card.get("id", d.name))
-        found = saes.get(model_id, []) + (saes.get(d.name, []) if d.name != model_id else [])
-        # per-cohort SAEs and gate-only SAEs (role "gate", read by population gates) are not main
-        main = [s for s in found if not isinstance(s[2].get("cohort"), str) and s[2].get("role") != "gate"]
-        if not main:
+    for m in catalog.models:
+        main = catalog.main_sae(m.model_id)
+        if main is None or main.path is None:
             continue
-        per_cohort = {str(s[2]["cohort"]): s[1] for s in found if isinstance(s[2].get("cohort"), str)}
-        main.sort(key=lambda s: (-len(s[2].get("cohorts") or []), s[0]))
-        sid, sdir, scard = main[0]
-        out.append(ZooEntry(model_id, d, card, sid, sdir, scard, per_cohort))
+        per_cohort = {c: s.path for c, s in catalog.cohort_saes(m.model_id).items() if s.path is not None}
+        model_id = str(m.card.get("id", m.model_id))
+        out.append(
+            ZooEntry(model_id, m.path, dict(m.card), main.sae_id, main.path, dict(main.card), per_cohort)
+        )
     if not out:
         raise NotFound(
             f"no model in {zoo.name!r} has an SAE (saes/<id>/card.json with model_id); train one first"
@@ -86,7 +69,8 @@ def discover_zoo(zoo_dir: Path | str) -> list[ZooEntry]:
 
 
 def discover_cohorts(data_dir: Path | str, max_cases: int | None = None) -> dict[str, list[Path]]:
-    """``{cohort: sorted case folders}`` for each sub-folder of ``data_dir`` that holds cases."""
+    """``{cohort: sorted case folders}`` for each sub-folder of ``data_dir`` that holds cases
+    (its ``test`` split when it has one: :func:`~medseglens_core.catalog.cohort_case_root`)."""
     from medseglens_core.io import find_cases
 
     root = Path(data_dir)
@@ -96,8 +80,7 @@ def discover_cohorts(data_dir: Path | str, max_cases: int | None = None) -> dict
         )
     out: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        base = sub / "test" if (sub / "test").is_dir() else sub
-        cases = find_cases(base)
+        cases = find_cases(cohort_case_root(root, sub.name))
         if cases:
             out[sub.name] = cases[:max_cases] if max_cases else cases
     if not out:

@@ -2,7 +2,8 @@
 
 Zoo layout: ``ZOO/models/<model_id>/`` (``load_model``) and ``ZOO/saes/<sae_id>/``
 (``load_sae``, card ``model_id`` + ``hook``). Data layout: ``DATA/<cohort>/`` of case folders
-(``find_cases``; a ``test`` split is preferred when present, as in the diff report).
+(``find_cases``; a ``test`` split is preferred when present). Which SAE is a model's main or
+gate SAE, and which split is read, is the zoo catalogue's rule (:mod:`medseglens_core.catalog`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medseglens_core.catalog import Catalog, cohort_case_root
 from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.errors import CohortMissing, ZooEntryMissing
 from medseglens_core.interventions.search import VolumeItem
@@ -29,22 +31,24 @@ def load_model_dir(zoo: Path, model_id: str) -> tuple[Any, dict[str, Any]]:
 
 
 def load_sae_for(zoo: Path, model_id: str, sae_id: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The SAE ``sae_id`` (checked to belong to ``model_id``), or the model's main SAE."""
+    """The SAE ``sae_id`` (checked to belong to ``model_id``), or the model's main SAE
+    (:meth:`~medseglens_core.catalog.Catalog.main_sae`)."""
     from medseglens_core.sae.io import load_sae
 
+    catalog = Catalog.read(zoo)
     if sae_id is None:
-        from medseglens_core.analysis.zoo import discover_zoo
-
-        entries = {e.model_id: e for e in discover_zoo(zoo)}
-        if model_id not in entries:
+        main = catalog.main_sae(model_id)
+        if main is None or main.path is None:
             raise ZooEntryMissing(f"model {model_id!r} has no SAE under ZOO/saes (card model_id); train one")
-        sdir = entries[model_id].sae_dir
+        sdir = main.path
     else:
         sdir = Path(zoo) / "saes" / sae_id
         if not (sdir / "card.json").is_file():
             raise ZooEntryMissing(f"no SAE {sae_id!r} under ZOO/saes")
     sae, card = load_sae(sdir)
-    if str(card.get("model_id")) != model_id:
+    model = catalog.model(model_id)
+    names = model.names if model is not None else (model_id,)
+    if str(card.get("model_id")) not in names:
         raise ZooEntryMissing(
             f"SAE {sdir.name!r} was trained on model {card.get('model_id')!r}, not {model_id!r}; pick its SAE"
         )
@@ -52,18 +56,10 @@ def load_sae_for(zoo: Path, model_id: str, sae_id: str | None = None) -> tuple[A
 
 
 def gate_sae_id(zoo: Path, model_id: str) -> str | None:
-    """The id of ``model_id``'s SAE whose card has ``role: gate`` (read by population gates), if any."""
-    import json
-
-    root = Path(zoo) / "saes"
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            card = json.loads((d / "card.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if card.get("role") == "gate" and str(card.get("model_id")) == model_id:
-            return d.name
-    return None
+    """The id of ``model_id``'s gate SAE (card ``role: gate``, read by population gates), if any
+    (:meth:`~medseglens_core.catalog.Catalog.gate_sae`)."""
+    gate = Catalog.read(zoo).gate_sae(model_id)
+    return gate.sae_id if gate is not None else None
 
 
 def load_gate_sae(zoo: Path, model_id: str, sae_id: str | None = None) -> tuple[Any, str | None, str | None]:
@@ -88,15 +84,14 @@ def source_cohort(card: dict[str, Any]) -> str:
 
 
 def cohort_cases(data: Path, cohort: str) -> list[Path]:
-    """Sorted case folders of ``DATA/<cohort>`` (its ``test`` split when it has one)."""
+    """Sorted case folders of ``DATA/<cohort>`` (its ``test`` split when it has one:
+    :func:`~medseglens_core.catalog.cohort_case_root`)."""
     from medseglens_core.io import find_cases
 
-    root = Path(data) / cohort
-    if not root.is_dir():
+    if not (Path(data) / cohort).is_dir():
         have = sorted(p.name for p in Path(data).iterdir() if p.is_dir()) if Path(data).is_dir() else []
         raise CohortMissing(f"cohort folder {cohort!r} is missing from the data folder (has: {have})")
-    base = root / "test" if (root / "test").is_dir() else root
-    cases = find_cases(base)
+    cases = find_cases(cohort_case_root(data, cohort))
     if not cases:
         raise CohortMissing(f"no case folders under data/{cohort}; expect <case_id>/<case_id>-t1n.nii.gz ...")
     return cases

@@ -11,12 +11,13 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 
-from medseglens_core.zoo import test_data_dir, train_data_dir
+from medseglens_core.catalog import HELD_OUT, Catalog, split_dir
 from service.auth import Principal
 from service.deps import ReadKey, ServerId, TrainKey
 from service.errors import MAX_OFFSET, ResourceNotFound, problem_responses, problem_statuses
@@ -83,6 +84,7 @@ SUBMIT = problem_responses(*problem_statuses([404, 409, 503]))
 def _check_zoo(
     request: Request, *, models: tuple[str, ...] = (), saes: tuple[str, ...] = (), cohorts=(), split="train"
 ) -> None:
+    """404 unless every model, SAE and cohort folder (``ZOO/data/<split>/<cohort>``) exists."""
     zoo = request.app.state.settings.zoo_dir
     pool = request.app.state.pool
     for m in models:
@@ -91,10 +93,16 @@ def _check_zoo(
     for s in saes:
         if s not in pool.saes and not (zoo / "saes" / s / "card.json").is_file():
             raise ResourceNotFound(f"No SAE {s!r} in the zoo; list SAEs with GET /v1/saes.")
-    root = train_data_dir(zoo) if split == "train" else test_data_dir(zoo)
+    root = split_dir(zoo, split)
     for c in cohorts:
         if not (root / c).is_dir():
             raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/{split}/ folder.")
+
+
+def default_sae(zoo: Path, model_id: str) -> str | None:
+    """The SAE a job on ``model_id`` reads when none is given: the zoo catalogue's main SAE."""
+    main = Catalog.read(zoo).main_sae(model_id)
+    return main.sae_id if main is not None else None
 
 
 def _check_volumes(request: Request, volume_ids: list[str]) -> None:
@@ -142,7 +150,8 @@ async def create_diff_report_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a cross-dataset diff report of the zoo; it appears in GET /v1/diff-reports when done."""
-    _check_zoo(request, cohorts=(body.source,) if body.source else ())
+    # the report reads the held-out cases (data/test), so the source cohort must be there
+    _check_zoo(request, cohorts=(body.source,) if body.source else (), split=HELD_OUT)
     return await _submit(jobs, response, key, JobKind.DIFF_REPORT, body, idem)
 
 
@@ -161,8 +170,12 @@ async def create_recovery_job(
         models=(body.model_id,),
         saes=(body.sae_id,) if body.sae_id else (),
         cohorts=(body.target,),
-        split="test",
+        split=HELD_OUT,
     )
+    if body.sae_id is None and default_sae(request.app.state.settings.zoo_dir, body.model_id) is None:
+        raise ResourceNotFound(
+            f"Model {body.model_id!r} has no main SAE in the zoo; pass 'sae_id' or train one."
+        )
     return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
 
 
