@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from medseglens_core.catalog import SaeRef, main_sae
 from service import segmenting
 from service.deps import PoolDep, ReadKey, SegmentKey, ServerId, SessionDep, StorageDep
 from service.errors import (
@@ -64,13 +65,12 @@ def resident_model(pool: ModelPool, model_id: str) -> Resident:
 
 def resident_sae(pool: ModelPool, sae_id: str | None, model: Resident) -> Resident | None:
     """The SAE ``sae_id`` (404 unknown, 422 when trained on another model); None -> the model's main
-    SAE by the zoo's rule (``analysis.zoo.discover_zoo``: not a gate or per-cohort SAE, most cohorts,
-    then id), else its first SAE by id, or None when it has none."""
+    SAE by the zoo catalogue's rule (:func:`medseglens_core.catalog.main_sae`: the card's role, never
+    a gate or per-cohort SAE), or None when it has no resident one."""
     if sae_id is None:
-        own = [s for _, s in sorted(pool.saes.items()) if str(s.card.get("model_id")) == model.id]
-        main = [s for s in own if s.card.get("role") != "gate" and not isinstance(s.card.get("cohort"), str)]
-        main.sort(key=lambda s: -len(s.card.get("cohorts") or []))  # stable: id order among equals
-        return (main or own or [None])[0]
+        refs = [SaeRef(s.id, s.card, s.path) for s in pool.saes.values()]
+        main = main_sae(refs, model.id, model.card)
+        return pool.saes[main.sae_id] if main is not None else None
     sae = pool.saes.get(sae_id)
     if sae is None:
         raise ResourceNotFound(f"No SAE {sae_id!r}; list SAEs with GET /v1/saes.")
