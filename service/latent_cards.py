@@ -9,16 +9,18 @@ with ``analysis.diff.cohort_case_stats`` + ``analysis.cards.cards_from_stats`` a
     cards.json        one card per latent (firing rate, mean activation per cohort, regions)
     reference.npz     per cohort: mean code of each latent where it fires (``patch`` statistics)
     top_cases.json    per latent: the cases with the highest mean activation (for examples.png)
-    examples/<j>.png  rendered example grids
+    examples/heat-<j>.png  rendered examples (:func:`examples_png`)
 
-Examples for computed cards are the strongest token of each of the latent's top cases, found on
-first request of ``examples.png`` with one prefix pass per case.
+``examples.png`` shows each top case's slice where the latent is strongest (for computed cards;
+shipped cards name their slice) with the latent's activation map over it, found on first request
+with one prefix pass per case.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +46,10 @@ class CardsUnavailable(ResourceNotFound):
 
 
 def data_root(zoo: Path) -> Path | None:
-    """``ZOO/data/test`` when present, else ``ZOO/data``; None when neither holds a folder."""
-    for candidate in (zoo / "data" / "test", zoo / "data"):
-        if candidate.is_dir() and any(p.is_dir() for p in candidate.iterdir()):
-            return candidate
-    return None
+    """The zoo's held-out cases (:func:`medseglens_core.catalog.held_out_data`), or None."""
+    from medseglens_core.catalog import held_out_data
+
+    return held_out_data(zoo)
 
 
 class CardStore:
@@ -147,78 +148,56 @@ class CardStore:
         return cards[latent], source
 
     def examples_png(self, latent: int) -> bytes:
-        """PNG grid of the latent's strongest examples (cached on disk)."""
+        """PNG of the latent's strongest examples, its activation map over each slice (cached on disk)."""
         card, source = self.card(latent)
-        out = self.dir / "examples" / f"{latent}.png"
+        out = self.dir / "examples" / f"heat-{latent}.png"
         if out.is_file():
             return out.read_bytes()
-        examples = card.get("top_examples") or []
-        if not examples and source == "computed":
-            examples = self._examples(latent)
-        return self._render({**card, "top_examples": examples}, out)
+        if source == "computed" and not card.get("top_examples"):
+            wanted = [
+                {"case_id": t["case_id"], "cohort": t["cohort"], "path": t["path"]}
+                for t in json.loads((self.dir / "top_cases.json").read_text())[latent]
+            ]
+        else:
+            wanted = list(card.get("top_examples") or [])[:N_EXAMPLE_CASES]
+        panels = [p for p in (self._panel(latent, ex) for ex in wanted) if p is not None]
+        note = None if self.model is not None else f"model {self.sae.card.get('model_id')!r} is not loaded"
+        data = examples_png(panels, f"{self.sae.id}  latent {latent}", note=note)
+        atomic_write_bytes(out, data)
+        return data
 
-    def _examples(self, latent: int) -> list[dict[str, Any]]:
-        """Strongest token of each top case: ``{case_id, cohort, z, y, x, value}`` (core card format)."""
+    def _panel(self, latent: int, ex: dict[str, Any]) -> ExamplePanel | None:
+        """The example's slice with the latent's map on it: slice ``ex["z"]``, or (no ``z``) the
+        case's slice where the latent is strongest. None when the case or slice is not there."""
         import torch
 
         from medseglens_core.analysis.encode import encode_maps, resolve_hook
         from medseglens_core.data.preprocess import prepare_case
         from medseglens_core.io import load_case
 
-        assert self.model is not None
+        path = ex.get("path") or self._find_case(ex.get("case_id"))
+        if self.model is None or not path or not Path(path).is_dir():
+            return None
         model = self.model.obj
-        hook = resolve_hook(model, None, self.sae.card)
-        top_cases = json.loads((self.dir / "top_cases.json").read_text())[latent]
-        examples = []
-        for item in top_cases:
-            case = load_case(Path(item["path"]), cohort=item["cohort"])
-            prepared = prepare_case(case, model.cfg.input_size)
-            with torch.no_grad():
-                h = model.run_prefix(prepared.slices.to(next(model.parameters()).device), hook).h
-                codes = encode_maps(self.sae.obj, h)[:, latent]  # (Z', h, w)
-            k, y, x = np.unravel_index(int(torch.argmax(codes)), tuple(codes.shape))
-            examples.append(
-                {
-                    "case_id": case.case_id,
-                    "cohort": item["cohort"],
-                    "z": int(k) + prepared.record.crop[4],
-                    "y": int(y),
-                    "x": int(x),
-                    "value": float(codes.max()),
-                    "path": item["path"],
-                }
-            )
-        return examples
-
-    def _render(self, card: dict[str, Any], out: Path) -> bytes:
-        from medseglens_core.analysis.cards import render_examples
-        from medseglens_core.analysis.encode import resolve_hook
-        from medseglens_core.io import load_case
-
-        cases: dict[str, Any] = {}
-        hook_size = 1
-        if self.model is not None:
-            model = self.model.obj
-            for ex in card["top_examples"]:
-                path = ex.get("path") or self._find_case(ex.get("case_id"))
-                if path and ex["case_id"] not in cases:
-                    cases[ex["case_id"]] = load_case(Path(path), cohort=ex.get("cohort"))
-            import torch
-
-            with torch.no_grad():
-                hook = resolve_hook(model, None, self.sae.card)
-                size = model.cfg.input_size
-                device = next(model.parameters()).device
-                hook_size = int(
-                    model.run_prefix(torch.zeros(1, 4, size, size, device=device), hook).h.shape[-1]
-                )
-        size = self.model.obj.cfg.input_size if self.model is not None else 32
-        tmp = out.with_name(f".{out.name}.tmp.png")
-        render_examples(card, cases, size, hook_size, tmp)
-        data = tmp.read_bytes()
-        atomic_write_bytes(out, data)
-        tmp.unlink(missing_ok=True)
-        return data
+        case = load_case(Path(path), cohort=ex.get("cohort"))
+        prepared = prepare_case(case, model.cfg.input_size)
+        z0, depth = prepared.record.crop[4], prepared.slices.shape[0]
+        ks = range(depth) if ex.get("z") is None else [int(ex["z"]) - z0]
+        if not all(0 <= k < depth for k in ks):
+            return None
+        with torch.no_grad():
+            x = prepared.slices[list(ks)].to(next(model.parameters()).device)
+            codes = encode_maps(self.sae.obj, model.run_prefix(x, resolve_hook(model, None, self.sae.card)).h)
+            codes = codes[:, latent].float().cpu()  # (len(ks), h, w): rows x, columns y as the slice
+        i = int(torch.argmax(codes.flatten(1).amax(1)))
+        return ExamplePanel(
+            slice=prepared.slices[ks[i], 3].numpy(),  # FLAIR (t2f)
+            heat=upsample(codes[i].numpy(), prepared.slices.shape[-1]),
+            case_id=case.case_id,
+            cohort=ex.get("cohort") or case.cohort,
+            z=ks[i] + z0,
+            value=float(codes[i].max()),
+        )
 
     def _find_case(self, case_id: str | None) -> str | None:
         root = data_root(self.zoo)
@@ -228,3 +207,101 @@ class CardStore:
             if hit.is_dir():
                 return str(hit)
         return None
+
+
+@dataclass(frozen=True)
+class ExamplePanel:
+    """One example of a latent: an axial slice and the latent's map on the same grid.
+
+    Attributes:
+        slice: ``(S, S)`` model-grid slice ``[x, y]`` (FLAIR, z-scored), drawn x right, y up.
+        heat: ``(S, S)`` the latent's activation on that slice, upsampled from the hook grid.
+        case_id, cohort, z: where it comes from (``z``: axial index of the RAS grid).
+        value: the latent's strongest activation on the slice (hook grid, before upsampling).
+    """
+
+    slice: np.ndarray
+    heat: np.ndarray
+    case_id: str
+    cohort: str | None
+    z: int
+    value: float
+
+
+PANEL_INCHES = 2.3  # side of one panel
+TITLE_POINTS = 8
+TITLE_CHARS = 24  # case ids longer than this are shortened in the middle, so titles never meet
+HEAT_FLOOR = 0.1  # heat below this fraction of the figure's maximum is left transparent
+
+
+def upsample(codes: np.ndarray, size: int) -> np.ndarray:
+    """A hook-grid map ``(h, w)`` bilinearly resized to ``(size, size)`` (token centres kept), >= 0."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.as_tensor(np.asarray(codes, dtype=np.float32))[None, None]
+    return (
+        F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].clamp_min(0).numpy()
+    )
+
+
+def _short(text: str, n: int = TITLE_CHARS) -> str:
+    return text if len(text) <= n else text[: n // 2 - 1] + "\N{HORIZONTAL ELLIPSIS}" + text[-(n - n // 2) :]
+
+
+def examples_figure(
+    panels: list[ExamplePanel], title: str, *, vmax: float | None = None, note: str | None = None
+) -> Any:
+    """Figure of one row of panels: grey slice, the latent's map as a semi-transparent heat overlay
+    (transparent where it does not fire), a two-line title per panel (case id; cohort, z, maximum)
+    and one colour bar shared by all panels (``vmax``: its top; default the panels' maximum)."""
+    from medseglens_core.reports import plots  # selects the Agg backend
+
+    plt = plots.plt
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(
+        1, n, figsize=(PANEL_INCHES * n + 0.8, PANEL_INCHES + 0.9), squeeze=False, layout="constrained"
+    )
+    top = vmax if vmax is not None else max((float(p.heat.max()) for p in panels), default=0.0)
+    top = top if top > 0 else 1.0
+    image = None
+    for ax, p in zip(axes.flat, panels, strict=False):
+        bg = np.asarray(p.slice, dtype=float)
+        lo, hi = np.percentile(bg, [1, 99.5]) if bg.size else (0.0, 1.0)
+        ax.imshow(
+            bg.T, origin="lower", cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="bilinear"
+        )
+        heat = np.asarray(p.heat, dtype=float)
+        alpha = np.where(heat > HEAT_FLOOR * top, np.clip(0.2 + 0.65 * heat / top, 0, 0.85), 0.0)
+        image = ax.imshow(
+            heat.T, origin="lower", cmap="inferno", vmin=0, vmax=top, alpha=alpha.T, interpolation="nearest"
+        )
+        ax.set_title(
+            f"{_short(p.case_id)}\n{p.cohort or 'no cohort'} · z={p.z} · max {p.value:.2g}",
+            fontsize=TITLE_POINTS,
+        )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if image is not None:
+        fig.colorbar(image, ax=axes[0, -1], fraction=0.08, pad=0.03, label="activation")
+    else:
+        axes[0, 0].set_axis_off()
+        axes[0, 0].text(0.5, 0.5, note or "the latent fires on\nno held-out case", ha="center", va="center")
+    fig.suptitle(f"{title}: top cases by mean activation (FLAIR)", fontsize=TITLE_POINTS + 1)
+    return fig
+
+
+def examples_png(
+    panels: list[ExamplePanel], title: str, *, vmax: float | None = None, note: str | None = None
+) -> bytes:
+    """:func:`examples_figure` as PNG bytes (100 dpi, the figure's own size: panels stay in place)."""
+    import io
+
+    from medseglens_core.reports.plots import plt
+
+    fig = examples_figure(panels, title, vmax=vmax, note=note)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
