@@ -24,8 +24,13 @@ Gradients, with ``g = dL/dx_hat = 2 (x_hat - x) / B``:
 
 so the dense gradient through the encoder input that autograd would compute only to obtain
 ``b_dec``'s gradient is never formed, and no ``B x m`` dense gradient is materialised.
-The aux-k term (dead latents reconstructing the detached residual ``x - x_hat``) follows the
-same pattern on its own sparse set. Results equal the autograd reference in
+The aux-k term (dead latents reconstructing the detached residual ``x - x_hat``) reuses the
+dead latents' pre-activations kept by the encoder pass; only rows with more than ``aux_k``
+positive dead pre-activations run a ``topk``. Its codes fill about ``aux_k / n_dead`` of the
+``(B, n_dead)`` matrix, usually far more than the main codes fill theirs, so it runs as four
+dense GEMMs over the dead latents (``z_aux @ W_dec[dead]``, the same transposed products as
+above and ``g @ W_dec[dead]^T`` masked to the support), and falls back to the sparse products
+only below ``1/AUX_SPARSE_BELOW`` fill. Results equal the autograd reference in
 :mod:`medseglens_core.sae.reference` up to float rounding (tested).
 """
 
@@ -44,6 +49,10 @@ __all__ = ["StepStats", "batch_topk_select", "encode_select", "fast_step"]
 # Rows of pre-activations computed per chunk on CPU: large enough for an efficient GEMM, small
 # enough that a chunk (256 x 2048 float32 = 2 MiB) is still in cache when it is filtered.
 CHUNK_ROWS = 256
+# The aux-k term runs as dense GEMMs over the dead latents unless its codes fill less than
+# 1/AUX_SPARSE_BELOW of the (B, n_dead) matrix: on CPU a BLAS GEMM runs about 15x the FLOP
+# rate of the CSR products, so sparse wins only below about that fill.
+AUX_SPARSE_BELOW = 16
 
 
 @dataclass(frozen=True)
@@ -158,18 +167,88 @@ def _sparse_grads(
     return g_wenc_t, g_wdec, col_sum
 
 
-def _aux_codes(pre_dead: torch.Tensor, dead_idx: torch.Tensor, aux_k: int) -> SparseCodes | None:
-    """Top ``aux_k`` dead latents per token on ``relu(pre[:, dead_idx])``; ``None`` if none is dead."""
-    ka = min(aux_k, dead_idx.numel())
-    if ka == 0:
-        return None
-    b = pre_dead.shape[0]
-    top = pre_dead.topk(ka, dim=1, sorted=False)
-    cols = dead_idx[top.indices]
-    cols, order = cols.sort(dim=1)
-    vals = top.values.gather(1, order).clamp_min(0.0)
-    rows = torch.arange(b, device=pre_dead.device).repeat_interleave(ka)
-    return SparseCodes(rows=rows, cols=cols.reshape(-1), vals=vals.reshape(-1), n_rows=b)
+def _aux_dense_codes(pre_dead: torch.Tensor, aux_k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Dense aux codes ``z (B, n_dead)``: ``relu(pre_dead)`` keeping each row's ``aux_k`` largest.
+
+    A row with at most ``aux_k`` positive entries keeps all of them (what the reference's top-k
+    over ``relu`` keeps, up to zeros), so only the rows with more positives run a ``topk``.
+    Returns ``z``, its support ``z > 0`` as 0/1 floats and its number of nonzeros.
+    """
+    z = pre_dead.clamp_min(0.0)
+    ka = min(aux_k, z.shape[1])
+    # Float 0/1 masks and float row sums: vectorised passes (bool reductions cast to int64).
+    support = torch.gt(z, 0.0, out=torch.empty_like(z))
+    per_row = support.sum(1)
+    over = (per_row > ka).nonzero().squeeze(1)
+    if over.numel():
+        sub = z.index_select(0, over)
+        top = sub.topk(ka, dim=1, sorted=False)
+        z.index_copy_(0, over, torch.zeros_like(sub).scatter_(1, top.indices, top.values))
+        support.index_copy_(0, over, torch.gt(z.index_select(0, over), 0.0, out=torch.empty_like(sub)))
+    return z, support, int(per_row.clamp_max(ka).sum())
+
+
+def _aux_term(
+    sae: SAE,
+    z: torch.Tensor,
+    support: torch.Tensor,
+    dead_idx: torch.Tensor,
+    err: torch.Tensor,
+    x_c: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Aux-k loss and its gradients (W_enc^T rows, W_dec rows, b_enc, each over ``dead_idx``)
+    from dense aux codes ``z (B, n_dead)`` and their 0/1 ``support``, by dense products on the
+    dead latents only."""
+    b, coeff = err.shape[0], sae.cfg.aux_coeff
+    w = sae.W_dec.index_select(0, dead_idx)  # (n_dead, d)
+    aerr = torch.addmm(err, z, w)  # x_aux - (x - x_hat)
+    aux = coeff * torch.dot(aerr.view(-1), aerr.view(-1)) / b
+    g = aerr.mul_(2.0 * coeff / b)
+    dpre = (g @ w.t()).mul_(support)
+    return aux, dpre.t() @ x_c, z.t() @ g, dpre.sum(0)
+
+
+def _aux_sparse(
+    sae: SAE,
+    z: torch.Tensor,
+    support: torch.Tensor,
+    dead_idx: torch.Tensor,
+    err: torch.Tensor,
+    x_c: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_aux_term` on the sparse pattern of ``z`` (full-width gradients, ``(m, d)``, ``(m,)``)."""
+    b, coeff = err.shape[0], sae.cfg.aux_coeff
+    nz = support.nonzero()
+    rows, cols = nz[:, 0], nz[:, 1]
+    vals = z[rows, cols]
+    apat = _Pattern(SparseCodes(rows=rows, cols=dead_idx[cols], vals=vals, n_rows=b), sae.cfg.d_sae)
+    aerr = torch.addmm(err, apat.z, sae.W_dec)
+    aux = coeff * torch.dot(aerr.view(-1), aerr.view(-1)) / b
+    return (aux, *_sparse_grads(sae, apat, aerr, 2.0 * coeff / b, x_c, 0.0))
+
+
+def _add_aux(
+    sae: SAE,
+    pre_dead: torch.Tensor,
+    dead_idx: torch.Tensor,
+    err: torch.Tensor,
+    x_c: torch.Tensor,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Add the aux-k gradients into ``grads`` (W_enc^T, W_dec, b_enc; in place); return the loss."""
+    z, support, nnz = _aux_dense_codes(pre_dead, sae.cfg.aux_k)
+    g_wenc_t, g_wdec, col_sum = grads
+    if nnz * AUX_SPARSE_BELOW < z.numel():
+        aux, a_wenc_t, a_wdec, a_col = _aux_sparse(sae, z, support, dead_idx, err, x_c)
+        g_wenc_t += a_wenc_t
+        g_wdec += a_wdec
+        col_sum += a_col
+    else:
+        aux, a_wenc_t, a_wdec, a_col = _aux_term(sae, z, support, dead_idx, err, x_c)
+        g_wenc_t.index_add_(0, dead_idx, a_wenc_t)
+        g_wdec.index_add_(0, dead_idx, a_wdec)
+        col_sum.index_add_(0, dead_idx, a_col)
+    return aux
 
 
 @torch.no_grad()
@@ -181,7 +260,7 @@ def fast_step(sae: SAE, x: torch.Tensor, dead: torch.Tensor | None = None) -> St
     """
     cfg = sae.cfg
     b, m = x.shape[0], cfg.d_sae
-    use_aux = sae.uses_aux and dead is not None and cfg.aux_coeff > 0
+    use_aux = sae.uses_aux and dead is not None and cfg.aux_coeff > 0 and cfg.aux_k > 0
     dead_idx = dead.nonzero().squeeze(1) if use_aux else None
     if dead_idx is not None and dead_idx.numel() == 0:
         dead_idx = None
@@ -202,15 +281,8 @@ def fast_step(sae: SAE, x: torch.Tensor, dead: torch.Tensor | None = None) -> St
         g_wdec += (l1 * vsum / dec_norm).unsqueeze(1) * sae.W_dec
     grad_b_dec = err.sum(0).mul_(2.0 / b)
     aux = torch.zeros((), device=x.device)
-    aux_codes = _aux_codes(pre_dead, dead_idx, cfg.aux_k) if dead_idx is not None else None
-    if aux_codes is not None:
-        apat = _Pattern(aux_codes, m)
-        aerr = torch.addmm(err, apat.z, sae.W_dec)  # x_aux - (x - x_hat)
-        aux = cfg.aux_coeff * torch.dot(aerr.view(-1), aerr.view(-1)) / b
-        a_wenc_t, a_wdec, a_col = _sparse_grads(sae, apat, aerr, 2.0 * cfg.aux_coeff / b, x_c, 0.0)
-        g_wenc_t += a_wenc_t
-        g_wdec += a_wdec
-        col_sum += a_col
+    if dead_idx is not None:
+        aux = _add_aux(sae, pre_dead, dead_idx, err, x_c, (g_wenc_t, g_wdec, col_sum))
         loss = loss + aux
     grad_b_dec -= sae.W_enc @ col_sum
     sae.W_enc.grad = g_wenc_t.t().contiguous()

@@ -65,3 +65,25 @@ def test_multi_chunk_step_matches_reference(monkeypatch, arch):
     for name, p in sae.named_parameters():
         q = dict(ref.named_parameters())[name]
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()))
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "topk"])
+@pytest.mark.parametrize("sparse_below", [0, 10**9])  # 0: always sparse aux; 1e9: always dense
+@pytest.mark.parametrize("dead_bias", [0.0, -2.0, -100.0])  # -2: most rows need no aux top-k
+def test_aux_k_dense_and_sparse_paths_match_reference(monkeypatch, arch, sparse_below, dead_bias):
+    monkeypatch.setattr(step, "AUX_SPARSE_BELOW", sparse_below)
+    sae = build_sae(SAEConfig(arch=arch, d_in=16, d_sae=64, k=4, aux_k=6, seed=5))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[::2] = True
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.5)
+        sae.b_enc[dead] += dead_bias
+        sae.b_dec.normal_(0, 0.5)
+    ref = copy.deepcopy(sae)
+    x = 2.0 * torch.randn(40, 16)
+    fast, slow = step.fast_step(sae, x, dead), reference_step(ref, x, dead)
+    assert fast.loss == pytest.approx(slow.loss, rel=1e-5)
+    assert fast.aux == pytest.approx(slow.aux, rel=1e-5) and fast.aux > 0
+    for name, p in sae.named_parameters():
+        q = dict(ref.named_parameters())[name]
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()))
