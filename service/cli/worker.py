@@ -32,9 +32,10 @@ def worker(
     is handed back to the queue.
     """
     from service.config import Settings
+    from service.jobs.bootstrap import runtime_from_env
     from service.jobs.config import JobSettings
     from service.jobs.keys import check_name
-    from service.jobs.worker import run_worker, runtime_from_env
+    from service.jobs.worker import run_worker
 
     settings = Settings()
     if not settings.redis_url:

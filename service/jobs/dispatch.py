@@ -1,13 +1,16 @@
 """Getting a job id to something that runs it: RQ on Redis, or an embedded thread pool.
 
 Both dispatchers only carry the job id: parameters, state and progress live in the database.
+Neither imports the runner: RQ finds the entry point by its dotted name (:data:`RQ_ENTRY`), and
+the embedded dispatcher is handed ``execute`` and ``stop`` callables by whoever builds it.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Protocol
 
 import redis
 from rq import Queue
@@ -16,11 +19,8 @@ from rq.serializers import JSONSerializer
 from service.jobs import keys
 from service.jobs.errors import QueueUnavailable
 
-if TYPE_CHECKING:
-    from service.jobs.runner import JobRuntime
-
 log = logging.getLogger("medseglens.jobs")
-RQ_ENTRY = "service.jobs.runner.run_rq_job"
+RQ_ENTRY = "service.jobs.bootstrap.run_rq_job"  # imported by name in the worker process
 
 
 class Dispatcher(Protocol):
@@ -98,16 +98,18 @@ class EmbeddedDispatcher:
 
     mode = "embedded"
 
-    def __init__(self, runtime: JobRuntime, *, workers: int = 1) -> None:
-        self.runtime = runtime
+    def __init__(
+        self, execute: Callable[[str], object], stop: Callable[[], object], *, workers: int = 1
+    ) -> None:
+        """``execute(job_id)`` runs one attempt; ``stop()`` asks the attempts running now to stop."""
+        self.execute = execute
+        self.stop = stop
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medseglens-job")
         self.futures: dict[str, Future[object]] = {}
 
     def enqueue(self, job_id: str, attempt: int, queue: str) -> None:
-        from service.jobs.runner import execute_job
-
         self.futures = {k: f for k, f in self.futures.items() if not f.done()}
-        self.futures[job_id] = self.pool.submit(execute_job, job_id, self.runtime)
+        self.futures[job_id] = self.pool.submit(self.execute, job_id)
 
     def ping(self) -> bool:
         return True
@@ -118,10 +120,6 @@ class EmbeddedDispatcher:
     def close(self, wait_s: float = 30.0) -> None:
         """Stop: queued futures are dropped (their rows stay ``queued`` and resume on the next start),
         running jobs are asked to stop and go back to ``queued``; waits up to ``wait_s`` for them."""
-        from concurrent.futures import wait
-
-        from service.jobs.runner import stop_active
-
         self.pool.shutdown(wait=False, cancel_futures=True)
-        stop_active(self.runtime)
+        self.stop()
         wait(list(self.futures.values()), timeout=wait_s)

@@ -1,7 +1,8 @@
 """Run one job attempt: claim the record, start the watcher, call the task, record the outcome.
 
-The same :func:`execute_job` runs under RQ (:func:`run_rq_job`, in a ``medseglens worker``) and in
-the embedded executor, so states, progress and cancel behave the same in both modes.
+The same :func:`execute_job` runs under RQ (``service.jobs.bootstrap.run_rq_job``, in a
+``medseglens worker``) and in the embedded executor, so states, progress and cancel behave the same
+in both modes. This module imports no dispatcher and no worker: they call it, never the reverse.
 """
 
 from __future__ import annotations
@@ -45,27 +46,6 @@ class JobRuntime:
     active: dict[str, JobContext] = field(default_factory=dict)  # running here now, by job id
     requeue: Callable[[str, int, str], None] | None = None  # re-enqueue (id, attempt, queue) after a release
     row_wait_s: float = 10.0  # enqueue happens before the API commits: wait this long for the row
-
-
-_RUNTIME: JobRuntime | None = None
-
-
-def install_runtime(runtime: JobRuntime) -> None:
-    """Make ``runtime`` the one :func:`run_rq_job` uses in this process (the worker calls this)."""
-    global _RUNTIME
-    _RUNTIME = runtime
-
-
-def run_rq_job(job_id: str) -> str:
-    """RQ entry point: the payload is only the job id (JSON); params come from the database."""
-    rt = _RUNTIME
-    if rt is None:  # a plain `rq worker` on our queue: build the runtime from the environment once
-        from service.jobs.worker import runtime_from_env
-
-        rt = runtime_from_env()
-        install_runtime(rt)
-    state = execute_job(job_id, rt)
-    return state.value if state is not None else "skipped"
 
 
 class Watcher(threading.Thread):

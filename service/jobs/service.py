@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from service.jobs.config import JobSettings
 from service.jobs.dispatch import Dispatcher, EmbeddedDispatcher, RQDispatcher
 from service.jobs.errors import JobAlreadyFinished, JobNotFound
 from service.jobs.reaper import Reaper
-from service.jobs.runner import JobRuntime
+from service.jobs.runner import JobRuntime, execute_job, stop_active
 from service.jobs.states import JobState
 from service.jobs.store import JobStore
 from service.jobs.tasks.common import remove_staging
@@ -62,7 +63,11 @@ class JobService:
                 worker_id=keys.worker_name(self.settings.queue, "embedded"),
             )
             self.runtime.on_finished.append(self._finished)
-            self.dispatcher = EmbeddedDispatcher(self.runtime, workers=self.settings.embedded_workers)
+            self.dispatcher = EmbeddedDispatcher(
+                partial(execute_job, rt=self.runtime),
+                partial(stop_active, self.runtime),
+                workers=self.settings.embedded_workers,
+            )
         self.reaper = Reaper(
             self.store,
             self.settings,

@@ -13,7 +13,6 @@ import logging
 import signal
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -24,13 +23,12 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
 
 from service.jobs import keys
-from service.jobs.config import JobSettings
+from service.jobs.bootstrap import install_runtime
 from service.jobs.context import StopReason
 from service.jobs.dispatch import RQDispatcher, redis_connection
 from service.jobs.reaper import Reaper
 from service.jobs.resources import warm_imports
-from service.jobs.runner import JobRuntime, install_runtime, stop_active
-from service.jobs.store import JobStore
+from service.jobs.runner import JobRuntime, stop_active
 from service.jobs.tasks.common import remove_staging
 
 log = logging.getLogger("medseglens.jobs")
@@ -70,44 +68,6 @@ class JobWorker(SimpleWorker):
             done.set()
             t.join()
         self.set_state("idle")
-
-
-def build_runtime(
-    *, database_url: str, data_dir: Path, zoo: Path, device: str, settings: JobSettings, worker_id: str
-) -> JobRuntime:
-    """A :class:`JobRuntime` on its own engine (tables created if missing)."""
-    from service.db import create_tables, make_engine, make_sessionmaker
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(database_url)
-    create_tables(engine)
-    return JobRuntime(
-        store=JobStore(make_sessionmaker(engine)),
-        settings=settings,
-        zoo=zoo,
-        data_dir=data_dir,
-        device=device,
-        worker_id=worker_id,
-    )
-
-
-def runtime_from_env(
-    device: str | None = None, zoo: Path | None = None, queue: str | None = None
-) -> JobRuntime:
-    """The runtime described by ``MEDSEGLENS_*`` variables (used by ``medseglens worker`` and plain RQ)."""
-    from service.config import Settings
-    from service.pool import resolve_device
-
-    s, js = Settings(), JobSettings()
-    dev = resolve_device(device or s.device)
-    return build_runtime(
-        database_url=s.database_url,
-        data_dir=s.data_dir,
-        zoo=zoo or s.zoo_dir,
-        device=dev,
-        settings=js,
-        worker_id=keys.worker_name(queue or js.queue, dev),
-    )
 
 
 def run_worker(
