@@ -126,6 +126,12 @@ class ServiceUnavailable(ServiceError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class ZooEntryUnavailable(ServiceError):
+    """A model or SAE present in the zoo whose files are broken (unreadable weights, wrong sha256)."""
+
+    status, slug, title = 503, "zoo-entry-unavailable", "Zoo entry unavailable"
+
+
 def _kebab(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name).lower()
 
@@ -279,7 +285,8 @@ _RESPONSE_DOCS = {
     422: "Invalid value (`validation-error`, `invalid-upload`, `json-too-deep`: JSON nested deeper than 32 "
     "levels, and the core's `invalid-input` kinds: "
     "`non-finite-voxels`, `modality-shape-mismatch`, `affine-mismatch`, `invalid-label-values`, ...).",
-    503: "A dependency is down or not ready (`service-unavailable`).",
+    503: "A dependency is down or not ready (`service-unavailable`), or the requested model/SAE is in the "
+    "zoo but its files are broken (`zoo-entry-unavailable`, naming it in `entry`).",
 }
 
 

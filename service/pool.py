@@ -3,7 +3,12 @@
 - Loads ``ZOO/models/<id>/`` with ``medseglens_core.models.load_model`` and ``ZOO/saes/<id>/`` with
   ``medseglens_core.sae.load_sae``, moves them to the configured device and keeps them for the life
   of the process. A missing or empty zoo is tolerated (``/readyz`` then says not ready); an entry that
-  fails to load is recorded in ``load_errors`` and skipped.
+  fails to load is recorded in ``unavailable`` (its error, and its card when readable) and skipped,
+  so one broken entry never keeps the others from serving. Before its loader runs, an entry's
+  weights file is checked cheaply (:func:`check_entry`: the safetensors header parses and the file's
+  sha256 matches the card's ``weights_sha256``).
+- :meth:`ModelPool.require_model` / :meth:`ModelPool.require_sae` are the lookups routes use: 404
+  for an unknown id, 503 ``zoo-entry-unavailable`` naming the entry and its error for a broken one.
 - ``await pool.run(fn, *args, device=...)`` runs blocking work (inference) in a worker thread, at most
   ``concurrency`` calls at a time per device, so the event loop stays free.
 - ``pool.prefix_cache`` is a byte-bounded LRU of prefix activations keyed by ``(volume_id, model_id)``
@@ -12,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -24,14 +30,30 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from safetensors import SafetensorError, safe_open
 
+from medseglens_core.checksums import sha256_file
 from medseglens_core.errors import MedSegLensError
+from service.errors import ResourceNotFound, ZooEntryUnavailable
 from service.observability import Metrics
 
 log = logging.getLogger("medseglens.pool")
 T = TypeVar("T")
 Loader = Callable[[Path], tuple[Any, dict]]
-_LOAD_ERRORS = (MedSegLensError, OSError, ValueError, RuntimeError, KeyError, ImportError, TypeError)
+_LOAD_ERRORS = (
+    MedSegLensError,
+    SafetensorError,
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    ImportError,
+    TypeError,
+)
+# Weights file of each kind when the card names none: ``medseglens_core.models.card.WEIGHTS`` and
+# ``medseglens_core.sae.io.WEIGHTS`` (not imported: both pull in torch; a test keeps them equal).
+WEIGHTS_FILES = {"model": "weights.safetensors", "sae": "sae_weights.safetensors"}
+LISTS = {"model": "GET /v1/models", "sae": "GET /v1/saes"}
 
 
 @dataclass
@@ -43,6 +65,60 @@ class Resident:
     card: dict[str, Any]
     device: str
     path: Path
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A zoo entry present on disk that cannot serve: why (``error``) and its card (``{}`` if unreadable)."""
+
+    id: str
+    kind: str
+    error: str
+    card: dict[str, Any]
+
+
+class CorruptZooEntry(ValueError):
+    """A zoo entry's card or weights file is unreadable or does not match its recorded checksum."""
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """``path/card.json`` as a dict; :class:`CorruptZooEntry` when it is not a JSON object."""
+    try:
+        card = json.loads((path / "card.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptZooEntry(f"card.json of {path.name!r} is unreadable ({exc}); restore it") from exc
+    if not isinstance(card, dict):
+        raise CorruptZooEntry(f"card.json of {path.name!r} is not a JSON object; restore it")
+    return card
+
+
+def check_entry(kind: str, path: Path) -> dict[str, Any]:
+    """The card of the zoo entry ``path`` after a cheap check of its weights file; raises when broken.
+
+    When the weights file is there (``card["weights_file"]``, else the kind's default name) its
+    safetensors header must parse and describe exactly the file's bytes (one header read, no tensor
+    loaded), and its sha256 must equal ``card["weights_sha256"]`` when the card records one. A
+    missing weights file is left to the loader, which says what is missing.
+    """
+    card = read_card(path)
+    weights = path / str(card.get("weights_file") or WEIGHTS_FILES[kind])
+    if not weights.is_file():
+        return card
+    try:
+        with safe_open(str(weights), framework="numpy") as fh:
+            fh.keys()
+    except (SafetensorError, OSError) as exc:
+        raise CorruptZooEntry(
+            f"{weights.name} of {kind} {path.name!r} is not a readable safetensors file ({exc}); "
+            "re-copy or re-train it"
+        ) from exc
+    expected = card.get("weights_sha256")
+    if expected and sha256_file(weights) != expected:
+        raise CorruptZooEntry(
+            f"{weights.name} of {kind} {path.name!r} does not match the sha256 on its card; "
+            "re-copy or re-train it"
+        )
+    return card
 
 
 def resolve_device(spec: str) -> str:
@@ -157,7 +233,7 @@ class ModelPool:
         self.metrics = metrics
         self.models: dict[str, Resident] = {}
         self.saes: dict[str, Resident] = {}
-        self.load_errors: dict[str, str] = {}
+        self.unavailable: dict[str, Unavailable] = {}  # by "<kind>:<id>"
         self.prefix_cache = LRUByteCache(prefix_cache_bytes)
         self._model_loader = model_loader
         self._sae_loader = sae_loader
@@ -206,25 +282,66 @@ class ModelPool:
             self.metrics.models_loaded.labels("sae").set(len(self.saes))
         return name in self.saes
 
+    @property
+    def load_errors(self) -> dict[str, str]:
+        """``"<kind>:<id>" -> error`` of every entry that failed to load."""
+        return {key: item.error for key, item in self.unavailable.items()}
+
+    def unavailable_of(self, kind: str) -> list[Unavailable]:
+        """The broken entries of ``kind`` ("model" or "sae"), by id."""
+        return sorted((u for u in self.unavailable.values() if u.kind == kind), key=lambda u: u.id)
+
+    def require_model(self, model_id: str) -> Resident:
+        """The resident model ``model_id``; 404 when the zoo has none, 503 when it is broken."""
+        return self._require("model", model_id, self.models)
+
+    def require_sae(self, sae_id: str) -> Resident:
+        """The resident SAE ``sae_id``; 404 when the zoo has none, 503 when it is broken."""
+        return self._require("sae", sae_id, self.saes)
+
+    def _require(self, kind: str, item_id: str, resident: dict[str, Resident]) -> Resident:
+        item = resident.get(item_id)
+        if item is not None:
+            return item
+        broken = self.unavailable.get(f"{kind}:{item_id}")
+        name = "model" if kind == "model" else "SAE"
+        if broken is not None:
+            raise ZooEntryUnavailable(
+                f"The {name} {item_id!r} is in the zoo but cannot be used: {broken.error}. "
+                f"Operators: repair or re-copy ZOO/{kind}s/{item_id} and restart; meanwhile pick "
+                f"another from {LISTS[kind]}.",
+                entry=f"{kind}:{item_id}",
+            )
+        raise ResourceNotFound(f"No {name} {item_id!r}; list them with {LISTS[kind]}.")
+
     def _load_one(self, kind: str, path: Path, loader: Loader, target: dict[str, Resident]) -> None:
         item_id = path.name
         start = time.perf_counter()
         try:
+            check_entry(kind, path)
             obj, card = loader(path)
             if hasattr(obj, "to"):
                 obj = obj.to(self.device)
             if hasattr(obj, "eval"):
                 obj.eval()
         except _LOAD_ERRORS as exc:
-            self.load_errors[f"{kind}:{item_id}"] = f"{type(exc).__name__}: {exc}"
-            log.error("failed to load", extra={"kind": kind, "item": item_id, "error": str(exc)})
+            self._mark_unavailable(kind, path, f"{type(exc).__name__}: {exc}")
             return
+        self.unavailable.pop(f"{kind}:{item_id}", None)
         card = dict(card)
         card.setdefault("id", item_id)
         target[item_id] = Resident(item_id, obj, card, self.device or "cpu", path)
         log.info(
             "loaded", extra={"kind": kind, "item": item_id, "seconds": round(time.perf_counter() - start, 3)}
         )
+
+    def _mark_unavailable(self, kind: str, path: Path, error: str) -> None:
+        try:
+            card = read_card(path)
+        except CorruptZooEntry:
+            card = {}
+        self.unavailable[f"{kind}:{path.name}"] = Unavailable(path.name, kind, error, card)
+        log.error("failed to load", extra={"kind": kind, "item": path.name, "error": error})
 
     @property
     def ready(self) -> bool:

@@ -25,7 +25,18 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module adds its commands to ``app`` on import.
-    from service.cli import analysis, data, dicom, interventions, models, sae, server, worker, zoo  # noqa: F401
+    from service.cli import (  # noqa: F401
+        analysis,
+        data,
+        dicom,
+        interventions,
+        models,
+        sae,
+        server,
+        storage,
+        worker,
+        zoo,
+    )
 
 
 def main() -> None:

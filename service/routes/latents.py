@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from service.deps import CatalogId, PoolDep, ReadKey, SettingsDep
-from service.errors import ResourceNotFound, problem_responses, problem_statuses
+from service.errors import problem_responses, problem_statuses
 from service.latent_cards import CardStore
 from service.pool import ModelPool
 from service.routes.segmentations import PNG
@@ -20,10 +20,8 @@ LatentIndex = Annotated[int, Path(ge=0, le=1_000_000, description="Latent index,
 
 
 def card_store(pool: ModelPool, settings: SettingsDep, sae_id: str) -> CardStore:
-    """The card store of the resident SAE ``sae_id`` (404 when not resident)."""
-    sae = pool.saes.get(sae_id)
-    if sae is None:
-        raise ResourceNotFound(f"No SAE {sae_id!r}; list SAEs with GET /v1/saes.")
+    """The card store of the resident SAE ``sae_id`` (404 when unknown, 503 when broken in the zoo)."""
+    sae = pool.require_sae(sae_id)
     model = pool.models.get(str(sae.card.get("model_id")))
     return CardStore(settings.zoo_dir, settings.data_dir / "cache", sae, model)
 
@@ -31,7 +29,7 @@ def card_store(pool: ModelPool, settings: SettingsDep, sae_id: str) -> CardStore
 @router.get(
     "/{sae_id}/latents/{latent}",
     response_model=LatentCard,
-    responses=problem_responses(*problem_statuses((404,))),
+    responses=problem_responses(*problem_statuses((404, 503))),
 )
 async def get_latent_card(
     _key: ReadKey, sae_id: CatalogId, latent: LatentIndex, pool: PoolDep, settings: SettingsDep
@@ -58,7 +56,7 @@ async def get_latent_card(
 @router.get(
     "/{sae_id}/latents/{latent}/examples.png",
     response_class=Response,
-    responses={**PNG, **problem_responses(*problem_statuses((404,)))},
+    responses={**PNG, **problem_responses(*problem_statuses((404, 503)))},
 )
 async def get_latent_examples(
     _key: ReadKey, sae_id: CatalogId, latent: LatentIndex, pool: PoolDep, settings: SettingsDep

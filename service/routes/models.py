@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import CatalogId, PoolDep, ReadKey
-from service.errors import ResourceNotFound, problem_responses, problem_statuses
-from service.pool import Resident
-from service.schemas.catalog import ModelEntry, ModelList, SaeEntry, SaeList
+from service.errors import problem_responses, problem_statuses
+from service.pool import Resident, Unavailable
+from service.schemas.catalog import ModelEntry, ModelList, SaeEntry, SaeList, UnavailableEntry
 
 router = APIRouter(tags=["models"])
 
@@ -41,34 +41,51 @@ def _sae_entry(item: Resident) -> SaeEntry:
     )
 
 
+def _unavailable_entry(item: Unavailable) -> UnavailableEntry:
+    model_id = item.card.get("model_id") if item.kind == "sae" else None
+    return UnavailableEntry(id=item.id, model_id=str(model_id) if model_id else None, error=item.error)
+
+
 @router.get("/models", response_model=ModelList, responses=problem_responses(*problem_statuses()))
 def list_models(_key: ReadKey, pool: PoolDep) -> ModelList:
-    """Segmentation models resident in this process, by id."""
-    return ModelList(items=[_model_entry(m) for _, m in sorted(pool.models.items())])
+    """Segmentation models resident in this process, by id; broken zoo entries under `unavailable`."""
+    return ModelList(
+        items=[_model_entry(m) for _, m in sorted(pool.models.items())],
+        unavailable=[_unavailable_entry(u) for u in pool.unavailable_of("model")],
+    )
 
 
 @router.get(
-    "/models/{model_id}", response_model=ModelEntry, responses=problem_responses(*problem_statuses((404,)))
+    "/models/{model_id}",
+    response_model=ModelEntry,
+    responses=problem_responses(*problem_statuses((404, 503))),
 )
 def get_model(_key: ReadKey, model_id: CatalogId, pool: PoolDep) -> ModelEntry:
-    """One model's card (architecture, hook points, input spec, training cohorts, Dice per cohort)."""
-    item = pool.models.get(model_id)
-    if item is None:
-        raise ResourceNotFound(f"No model {model_id!r}; list models with GET /v1/models.")
-    return _model_entry(item)
+    """One model's card (architecture, hook points, input spec, training cohorts, Dice per cohort).
+
+    503 ``zoo-entry-unavailable`` when the model is in the zoo but its files are broken.
+    """
+    return _model_entry(pool.require_model(model_id))
 
 
 @router.get("/saes", response_model=SaeList, responses=problem_responses(*problem_statuses()))
 def list_saes(_key: ReadKey, pool: PoolDep, model_id: str | None = None) -> SaeList:
-    """Sparse autoencoders resident in this process, by id; `model_id` keeps those of one model."""
+    """Sparse autoencoders resident in this process, by id; `model_id` keeps those of one model.
+
+    SAEs in the zoo that failed to load (a corrupted weights file, say) are listed under
+    `unavailable` with their error, not in `items`.
+    """
     items = [_sae_entry(s) for _, s in sorted(pool.saes.items())]
-    return SaeList(items=[e for e in items if model_id is None or e.model_id == model_id])
+    broken = [_unavailable_entry(u) for u in pool.unavailable_of("sae")]
+    return SaeList(
+        items=[e for e in items if model_id is None or e.model_id == model_id],
+        unavailable=[e for e in broken if model_id is None or e.model_id == model_id],
+    )
 
 
-@router.get("/saes/{sae_id}", response_model=SaeEntry, responses=problem_responses(*problem_statuses((404,))))
+@router.get(
+    "/saes/{sae_id}", response_model=SaeEntry, responses=problem_responses(*problem_statuses((404, 503)))
+)
 def get_sae(_key: ReadKey, sae_id: CatalogId, pool: PoolDep) -> SaeEntry:
-    """One SAE's card and training metrics."""
-    item = pool.saes.get(sae_id)
-    if item is None:
-        raise ResourceNotFound(f"No SAE {sae_id!r}; list SAEs with GET /v1/saes.")
-    return _sae_entry(item)
+    """One SAE's card and training metrics; 503 ``zoo-entry-unavailable`` when its files are broken."""
+    return _sae_entry(pool.require_sae(sae_id))

@@ -56,11 +56,8 @@ class SliceOutOfRange(ServiceError):
 
 
 def resident_model(pool: ModelPool, model_id: str) -> Resident:
-    """The resident model ``model_id`` or a 404 problem."""
-    model = pool.models.get(model_id)
-    if model is None:
-        raise ResourceNotFound(f"No model {model_id!r}; list models with GET /v1/models.")
-    return model
+    """The resident model ``model_id``: 404 when unknown, 503 when broken in the zoo."""
+    return pool.require_model(model_id)
 
 
 def resident_sae(pool: ModelPool, sae_id: str | None, model: Resident) -> Resident | None:
@@ -71,9 +68,7 @@ def resident_sae(pool: ModelPool, sae_id: str | None, model: Resident) -> Reside
         refs = [SaeRef(s.id, s.card, s.path) for s in pool.saes.values()]
         main = main_sae(refs, model.id, model.card)
         return pool.saes[main.sae_id] if main is not None else None
-    sae = pool.saes.get(sae_id)
-    if sae is None:
-        raise ResourceNotFound(f"No SAE {sae_id!r}; list SAEs with GET /v1/saes.")
+    sae = pool.require_sae(sae_id)  # 404 unknown, 503 broken in the zoo
     if str(sae.card.get("model_id")) != model.id:
         raise SaeModelMismatch(
             f"SAE {sae_id!r} was trained on model {sae.card.get('model_id')!r}, not {model.id!r}; "

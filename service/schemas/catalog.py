@@ -21,8 +21,20 @@ class ModelEntry(BaseModel):
     )
 
 
+class UnavailableEntry(BaseModel):
+    """A zoo entry present on disk that cannot serve (unreadable weights, sha256 not matching its card)."""
+
+    id: str
+    model_id: str | None = Field(default=None, description="For an SAE: its model, when its card says.")
+    available: bool = Field(default=False, description="Always false: requests naming it get a 503.")
+    error: str = Field(description="Why it could not be loaded, and what to do.")
+
+
 class ModelList(BaseModel):
     items: list[ModelEntry]
+    unavailable: list[UnavailableEntry] = Field(
+        default_factory=list, description="Models in the zoo that failed to load (not in items)."
+    )
 
 
 class SaeEntry(BaseModel):
@@ -41,6 +53,9 @@ class SaeEntry(BaseModel):
 
 class SaeList(BaseModel):
     items: list[SaeEntry]
+    unavailable: list[UnavailableEntry] = Field(
+        default_factory=list, description="SAEs in the zoo that failed to load (not in items)."
+    )
 
 
 class ReportSummary(BaseModel):

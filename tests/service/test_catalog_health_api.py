@@ -72,8 +72,10 @@ def test_catalog_and_readiness_with_a_zoo(settings, pool_factory, admin_headers)
         ready = c.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"]["models"] == {
-            "ready": True, "models": 2, "saes": 1, "errors": ["model:broken"]
+            "ready": True, "models": 2, "saes": 1, "errors": ["model:broken"],
+            "unavailable": {"model:broken": "OSError: weights file missing"},
         }  # fmt: skip
+        assert ready.json()["checks"]["storage"]["dangling"] == 0
         models = c.get("/v1/models").json()["items"]
         assert [m["id"] for m in models] == ["segformer-adult", "unet-adult"]
         unet = models[1]
@@ -83,7 +85,12 @@ def test_catalog_and_readiness_with_a_zoo(settings, pool_factory, admin_headers)
         }  # fmt: skip
         assert unet["device"] == "cpu" and unet["card"]["id"] == "unet-adult"
         assert c.get("/v1/models/segformer-adult").json()["default_hook"] == "stage3"
-        assert c.get("/v1/models/broken").status_code == 404
+        broken = c.get("/v1/models/broken")  # in the zoo but failed to load: 503 naming it, not 404
+        assert broken.status_code == 503 and broken.json()["entry"] == "model:broken"
+        assert c.get("/v1/models", params={}).json()["unavailable"] == [
+            {"id": "broken", "model_id": None, "available": False, "error": "OSError: weights file missing"}
+        ]
+        assert c.get("/v1/models/no-such-model").status_code == 404
         assert [s["id"] for s in c.get("/v1/saes").json()["items"]] == ["unet-adult-bt"]
         sae = c.get("/v1/saes/unet-adult-bt").json()
         assert (sae["model_id"], sae["hook"], sae["d_in"], sae["d_sae"], sae["k"]) == (
