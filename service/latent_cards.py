@@ -267,7 +267,9 @@ def examples_figure(
     image = None
     for ax, p in zip(axes.flat, panels, strict=False):
         bg = np.asarray(p.slice, dtype=float)
-        lo, hi = np.percentile(bg, [1, 99.5]) if bg.size else (0.0, 1.0)
+        brain = bg != 0  # the slices are 0 outside the brain
+        lo, hi = np.percentile(bg[brain], [1, 99.5]) if brain.any() else (0.0, 1.0)
+        bg = np.where(brain, bg, lo)  # black outside the brain, without a rim where it meets the brain
         ax.imshow(
             bg.T, origin="lower", cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="bilinear"
         )
