@@ -55,6 +55,7 @@ from medseglens_core.interventions.baselines import (
     side_effects,
 )
 from medseglens_core.interventions.batch import SliceScorer, score_specs
+from medseglens_core.interventions.diffrepair import DiffGrid, DiffLatents, diff_families, used_latents
 from medseglens_core.interventions.gate import fit_gate, gate_report
 from medseglens_core.interventions.report import recovery_document
 from medseglens_core.interventions.search import (
@@ -67,8 +68,8 @@ from medseglens_core.interventions.search import (
 from medseglens_core.interventions.spec import Gate, InterventionSpec
 from medseglens_core.interventions.steer import fit_steering, pack, select_latents, steering_spec
 
-Protocol = Literal["oracle", "blind", "blind-unlabelled"]
-PROTOCOLS: tuple[str, ...] = ("oracle", "blind", "blind-unlabelled")
+Protocol = Literal["oracle", "blind", "blind-unlabelled", "diff"]
+PROTOCOLS: tuple[str, ...] = ("oracle", "blind", "blind-unlabelled", "diff")
 Named = list[tuple[str, InterventionSpec]]
 
 
@@ -97,6 +98,7 @@ class RecoveryConfig:
             latent firing rates and attach it to every candidate spec, so the chosen spec
             leaves scans that look like the source cohort untouched.
         gate_latents: latents the gate reads.
+        diff_grid: protocol ``diff``: the edits tried on the diff report's latents.
         baselines: also run the non-latent baselines (:mod:`.baselines`) on the same cases,
             calibration and gate, and report ``baselines``, ``side_effects`` and ``verdict``.
     """
@@ -130,6 +132,7 @@ class RecoveryConfig:
     gate: bool = True
     gate_latents: int = 32
     baselines: bool = True
+    diff_grid: DiffGrid = field(default_factory=DiffGrid)
 
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -197,6 +200,7 @@ def run_recovery(
     progress: Progress = None,
     gate_sae: Any | None = None,
     gate_hook: str | None = None,
+    diff: DiffLatents | None = None,
 ) -> dict[str, Any]:
     """Run one protocol and return the ``recovery.json`` document (see module docstring).
 
@@ -206,11 +210,14 @@ def run_recovery(
     ``source_dice_change_heldout`` on the half never used for calibration.
     ``gate_sae`` / ``gate_hook``: the blind protocols' gate reads this SAE at this hook of the
     same model instead of ``sae`` (a hook where the populations separate better).
+    ``diff``: protocol ``diff``: the target-specific latents of a diff report (:mod:`.diffrepair`).
     """
     if protocol not in PROTOCOLS:
         raise InvalidInput(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     if not source_items or not target_items:
         raise InvalidInput("recovery needs at least one source and one target case")
+    if protocol == "diff" and diff is None:
+        raise InvalidInput("protocol diff needs a diff report's target-specific latents (--diff-report)")
     if not 1 <= config.calib_n <= 5:
         raise InvalidInput(f"calib_n must be 1..5 labelled calibration cases, got {config.calib_n}")
     t0 = time.perf_counter()
@@ -228,20 +235,30 @@ def run_recovery(
         extra = sorted(harm_items, key=lambda i: i.case_id) if harm_items else []
         calib_s = [*extra, *src[: max(1, len(src) // 2)]]
     if any(i.label is None for i in evaluate) or (
-        protocol == "blind" and any(i.label is None for i in calib_t)
+        protocol in ("blind", "diff") and any(i.label is None for i in calib_t)
     ):
         raise InvalidInput(
             f"protocol {protocol} needs labelled target cases to score; some {target} case has none"
         )
     labelled_src = [i for i in src if i.label is not None]
-    _emit(progress, stage="profiles", n=len(src) + len(calib_t or tgt))
-    ranking = rank_candidates(
-        [profile(i, sae, cfg.region, cfg.dilation) for i in src],
-        [profile(i, sae, cfg.region, cfg.dilation) for i in (calib_t or tgt)],
-        cfg.n_candidates,
-    )
-    families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)
     ev = _Scores(sae, cfg.region, cfg.screen_stride, gate_sae)
+    if not any(ev.base(i) < cfg.threshold for i in evaluate):
+        raise InvalidInput(
+            f"no failures: every evaluated {target} case already has {cfg.region} Dice >= {cfg.threshold} "
+            "under the unedited model; there is nothing to recover"
+        )
+    _emit(progress, stage="profiles", n=len(src) + len(calib_t or tgt))
+    ps = [profile(i, sae, cfg.region, cfg.dilation) for i in src]
+    pt = [profile(i, sae, cfg.region, cfg.dilation) for i in (calib_t or tgt)]
+    ranking = rank_candidates(ps, pt, cfg.n_candidates)
+    if protocol == "diff":
+        assert diff is not None
+        families = diff_families(
+            diff, np.mean([p.attribution for p in ps], axis=0), ranking.reference,
+            np.mean([p.mean_in for p in ps], axis=0), np.mean([p.mean_in for p in pt], axis=0), cfg.diff_grid,
+        )  # fmt: skip
+    else:
+        families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)
     gate_reader, gate_hook = (gate_sae, gate_hook) if gate_sae is not None else (sae, None)
     chosen: str | None = None
     gfit = (
@@ -255,7 +272,7 @@ def run_recovery(
         changes = _oracle_source_change(ev, labelled_src, specs)
         src_change, src_heldout, spec_out = changes, changes, None
     else:
-        if protocol == "blind":
+        if protocol in ("blind", "diff"):
             chosen, spec = _blind(
                 ev, families, calib_t, [i for i in calib_s if i.label is not None], gate, cfg, progress
             )
@@ -274,6 +291,12 @@ def run_recovery(
     doc["chosen_family"] = chosen
     held_src = [i for i in src if id(i) not in {id(c) for c in calib_s}]
     doc["gate"] = gate_report(gate_reader, gfit, evaluate, held_src) if gfit is not None else None
+    if diff is not None and protocol == "diff":
+        doc["diff_latents"] = {
+            **diff.to_json(),
+            "n_candidates": len(families),
+            "used": used_latents(spec_out),
+        }
     if cfg.baselines:
         items = {"calib_t": calib_t, "calib_s": calib_s, "evaluate": evaluate, "source": labelled_src,
                  "reference": calib_s or src}  # fmt: skip

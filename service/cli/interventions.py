@@ -90,7 +90,7 @@ def recover(
     target: Annotated[str, typer.Option("--target", help="Target cohort: a sub-folder of --data.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for recovery.json and recovery.html.")],
     protocol: Annotated[
-        str, typer.Option("--protocol", help="oracle, blind, blind-unlabelled, a comma list, or all.")
+        str, typer.Option("--protocol", help="oracle, blind, blind-unlabelled, diff, a comma list, or all.")
     ] = "oracle",
     region: Annotated[
         str, typer.Option("--region", help="Region scored: SNFH (default), WT, TC, ET, NCR.")
@@ -116,80 +116,28 @@ def recover(
             "trained on), besides the first half of DATA/<source>.",
         ),
     ] = None,
+    diff_report: Annotated[
+        Path | None,
+        typer.Option(
+            "--diff-report",
+            help="Protocol diff: the diff report.json whose target-specific latents it edits "
+            "(default: ZOO/reports/zoo/report.json; must be computed with the same SAE).",
+        ),
+    ] = None,
 ) -> None:
     """Failure-recovery benchmark: find target cases the model fails on and repair them by steering latents."""
-    from medseglens_core.errors import InvalidInput
-    from medseglens_core.interventions.recovery import PROTOCOLS, RecoveryConfig, run_recovery
+    from medseglens_core.interventions.pipeline import recover_from_zoo
+    from medseglens_core.interventions.recovery import RecoveryConfig
     from medseglens_core.interventions.report import write_recovery
-    from medseglens_core.interventions.spec import RegionName
-    from medseglens_core.interventions.zoo import (
-        cohort_cases,
-        load_gate_sae,
-        load_items,
-        load_model_dir,
-        load_sae_for,
-        source_cohort,
-    )
-
-    protocols = (
-        list(PROTOCOLS) if protocol == "all" else [p.strip() for p in protocol.split(",") if p.strip()]
-    )
-    bad = [p for p in protocols if p not in PROTOCOLS]
-    if bad or not protocols:
-        raise InvalidInput(f"unknown protocol {bad or protocol!r}; choose from {list(PROTOCOLS)} or 'all'")
-    if region not in RegionName.__args__:  # type: ignore[attr-defined]
-        raise InvalidInput(f"unknown region {region!r}; choose one of {list(RegionName.__args__)}")  # type: ignore[attr-defined]
-    net, card = load_model_dir(zoo, model)
-    sparse, sae_card = load_sae_for(zoo, model, sae)
-    gate_sparse, gate_hook, gate_id = load_gate_sae(zoo, model, gate_sae)
-    source = source_cohort(card)
-    if source == target:
-        raise InvalidInput(f"target {target!r} is the model's training cohort; pick another cohort")
-    src_paths, tgt_paths = cohort_cases(data, source), cohort_cases(data, target)
-    cfg = RecoveryConfig(region=region, threshold=threshold)
-    blind = [p for p in protocols if p != "oracle"]
-    if blind and len(tgt_paths) <= cfg.calib_n:  # fail before loading anything
-        raise InvalidInput(
-            f"{blind[0]} needs more than {cfg.calib_n} target cases (calibration + held-out); got {len(tgt_paths)}"
-        )
 
     def progress(event: dict) -> None:
         typer.echo("  " + " ".join(f"{k}={v}" for k, v in event.items()), err=True)
 
-    hook = sae_card.get("hook") or net.default_hook
-    src_items = load_items(net, hook, src_paths, source, progress=progress)
-    tgt_items = load_items(net, hook, tgt_paths, target, progress=progress)
-    harm_items = None
-    harm_dirs = (
-        [source_calibration]
-        if source_calibration
-        else [Path(zoo) / "data" / split / source for split in ("val", "test")]
-    )
-    if any(p != "oracle" for p in protocols):
-        from medseglens_core.io import find_cases
-
-        taken = {p.name for p in src_paths}
-        harm_paths = [p for d in harm_dirs if d.is_dir() for p in find_cases(d) if p.name not in taken]
-        harm_items = load_items(net, hook, harm_paths, source, progress=progress) or None
-    docs = []
-    for p in protocols:
-        doc = run_recovery(
-            sparse,
-            src_items,
-            tgt_items,
-            p,
-            model_id=model,
-            source=source,
-            target=target,
-            config=cfg,
-            harm_items=harm_items,
-            progress=progress,
-            gate_sae=gate_sparse,
-            gate_hook=gate_hook,
-        )
-        doc["sae_id"] = sae_card.get("id", sae)
-        doc["gate_sae_id"] = gate_id
-        docs.append(doc)
+    docs = recover_from_zoo(
+        zoo, data, model, target, protocol, config=RecoveryConfig(region=region, threshold=threshold),
+        sae_id=sae, gate_sae_id=gate_sae, source_calibration=source_calibration, diff_report=diff_report,
+        progress=progress,
+    )  # fmt: skip
     write_recovery(docs, out)
     keys = (
         "protocol",
@@ -200,4 +148,5 @@ def recover(
         "dice_after",
         "source_dice_change",
     )
-    typer.echo(json.dumps([{k: d[k] for k in keys} for d in docs], indent=1))
+    rows = [{**{k: d[k] for k in keys}, "verdict": (d.get("verdict") or {}).get("summary")} for d in docs]
+    typer.echo(json.dumps(rows, indent=1))

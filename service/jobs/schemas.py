@@ -63,9 +63,14 @@ class RecoveryRequest(_Request):
     model_id: ZooName
     sae_id: ZooName | None = Field(default=None, description="Null -> the model's main SAE.")
     target: ZooName = Field(description="Target cohort under the zoo's data/test/ folder (held-out cases).")
-    protocol: Literal["oracle", "blind", "blind-unlabelled"] = "blind"
+    protocol: Literal["oracle", "blind", "blind-unlabelled", "diff"] = "blind"
     region: Literal["SNFH", "WT", "TC", "ET", "NCR"] = "SNFH"
     threshold: float = Field(default=0.5, ge=0, le=1, description="Failure: region Dice below this.")
+    diff_report_id: ZooName | None = Field(
+        default=None,
+        description="Protocol diff: the diff report (GET /v1/diff-reports/{id}) whose target-specific "
+        "latents are edited; null -> the zoo's own report ('zoo'). It must use the same SAE.",
+    )
 
 
 class JobOut(BaseModel):

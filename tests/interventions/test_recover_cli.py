@@ -65,3 +65,45 @@ def test_bad_requests_fail_with_one_line(tiny, tmp_path, args, message) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
     assert not (tmp_path / "o" / "recovery.json").exists()
+
+
+def _report(tmp_path, tiny, **section) -> str:
+    """The tiny zoo's U-Net section of a diff report, with ``section`` overriding its fields."""
+    zoo, _ = tiny
+    card = json.loads(
+        next(p for p in (zoo / "saes").glob("*/card.json") if "unet" in p.parent.name).read_text()
+    )
+    base = {
+        "sae_id": card["id"],
+        "specific": {"clinic-b": [{"latent": 0, "direction": "down"}]},
+        "counts": {},
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"source_cohort": "adult", "models": {"unet-tiny": {**base, **section}}}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"sae_id": "someone-elses-sae"}, "computed with SAE 'someone-elses-sae'"),
+        ({"specific": {"healthy": []}}, "has no cohort 'clinic-b'"),
+        ({"provenance": {"sae_sha256": "0" * 64}}, "from another training"),
+    ],
+)
+def test_a_diff_report_that_does_not_fit_is_refused_before_anything_runs(
+    tiny, tmp_path, section, message
+) -> None:
+    zoo, data = tiny
+    out = tmp_path / "o"
+    res = _run("--zoo", str(zoo), "--data", str(data), "--model", "unet-tiny", "--target", "clinic-b",
+               "--protocol", "diff", "--diff-report", _report(tmp_path, tiny, **section), "--out", str(out))  # fmt: skip
+    assert res.exit_code != 0 and message in str(res.exception or res.output), res.output
+    assert not out.exists()
+
+
+def test_a_missing_diff_report_is_named(tiny, tmp_path) -> None:
+    zoo, data = tiny
+    res = _run("--zoo", str(zoo), "--data", str(data), "--model", "unet-tiny", "--target", "clinic-b",
+               "--protocol", "diff", "--diff-report", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o"))  # fmt: skip
+    assert res.exit_code != 0 and "no diff report at" in str(res.exception or res.output)

@@ -1,0 +1,58 @@
+"""Protocol diff on the planted gain shift: the diff names the oedema latent, patching it repairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medseglens_core.errors import InvalidInput
+from medseglens_core.interventions.diffrepair import diff_latents
+from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery
+from medseglens_core.interventions.search import FamilyGrid
+from tests.interventions.fakes import identity_sae
+from tests.interventions.test_baselines import _items
+
+
+def _report(tmp_path, rows, sae_id="planted"):
+    path = tmp_path / "report.json"
+    section = {"sae_id": sae_id, "specific": {"ssa": rows}, "counts": {"ssa": {"reference": "adult"}}}
+    path.write_text(json.dumps({"source_cohort": "adult", "models": {"m": section}}))
+    return path
+
+
+def test_patching_the_diff_latent_back_to_the_source_repairs_the_held_out_failures(tmp_path) -> None:
+    src, tgt = _items("adult", 0.5, range(4)), _items("ssa", 0.1, range(10, 16))
+    diff = diff_latents(_report(tmp_path, [{"latent": 1, "direction": "down"}]), "m", "planted", "ssa")
+    assert diff.latents == [1] and diff.reference == "adult"
+    cfg = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, grid=FamilyGrid(sizes=(2,)), gate=False)
+    doc = run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa",
+                       config=cfg, diff=diff)  # fmt: skip
+    assert doc["n_failures"] == 4 and doc["recovered_fraction"] == 1.0
+    assert doc["diff_latents"]["latents"] == [1] and doc["diff_latents"]["used"] == [1]
+    assert doc["source_dice_change"] >= -0.004
+    assert {e["latent"] for e in doc["spec"]["edits"]} == {1}
+    assert "verdict" in doc and len(doc["baselines"]) == 4
+
+
+def test_a_diff_naming_no_latent_edits_nothing(tmp_path) -> None:
+    src, tgt = _items("adult", 0.5, range(4)), _items("ssa", 0.1, range(10, 16))
+    diff = diff_latents(_report(tmp_path, []), "m", "planted", "ssa")
+    cfg = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, gate=False, baselines=False)
+    doc = run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa",
+                       config=cfg, diff=diff)  # fmt: skip
+    assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
+
+
+def test_diff_needs_a_report_and_a_target_with_failures(tmp_path) -> None:
+    src, tgt = _items("adult", 0.5, range(4)), _items("ssa", 0.1, range(10, 16))
+    with pytest.raises(InvalidInput, match="needs a diff report"):
+        run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa")
+    healthy = _items("clinic", 0.5, range(20, 26))  # no shift: nothing fails
+    with pytest.raises(InvalidInput, match="no failures"):
+        run_recovery(identity_sae(), src, healthy, "oracle", model_id="m", source="adult", target="clinic")
+    with pytest.raises(InvalidInput, match="not a diff report"):
+        (tmp_path / "bad.json").write_text("[1, 2]")
+        diff_latents(tmp_path / "bad.json", "m", "planted", "ssa")
+    with pytest.raises(InvalidInput, match="has no model 'other'"):
+        diff_latents(_report(tmp_path, []), "other", "planted", "ssa")
