@@ -150,3 +150,48 @@ def recover(
     )
     rows = [{**{k: d[k] for k in keys}, "verdict": (d.get("verdict") or {}).get("summary")} for d in docs]
     typer.echo(json.dumps(rows, indent=1))
+
+
+@app.command("recover-suite")
+def recover_suite(
+    zoo: Annotated[Path, typer.Option("--zoo", help="Zoo folder with models/<id>/ and saes/<id>/.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="New output folder: suite.json, suite.html, runs/, data/.")
+    ],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Model id (repeatable; default: every model with an SAE)."),
+    ] = None,
+    shift: Annotated[
+        list[str] | None, typer.Option("--shift", help="Shift kind (repeatable; default: every kind).")
+    ] = None,
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="Comma list of protocols run per shift.")
+    ] = "oracle,blind,diff",
+    n_target: Annotated[
+        int, typer.Option("--n-target", min=2, help="Shifted cases per shift (calibration + evaluated).")
+    ] = 9,
+    calib_n: Annotated[
+        int, typer.Option("--calib-n", min=1, max=5, help="Labelled calibration cases per shift.")
+    ] = 3,
+    n_source: Annotated[int, typer.Option("--n-source", min=1, help="Unshifted source cases.")] = 4,
+    n_diff: Annotated[
+        int, typer.Option("--n-diff", min=3, help="Unlabelled shifted cases the diff reads.")
+    ] = 6,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Seed of the fresh cases and the shifts.")
+    ] = 9100,
+) -> None:
+    """Leave-one-shift-out evaluation: per shift kind, fresh adult cases shifted, every protocol and baseline."""
+    from medseglens_core.interventions.pipeline import parse_protocols
+    from medseglens_core.interventions.suite import SuiteConfig, run_suite
+
+    cfg = SuiteConfig(n_source=n_source, n_target=n_target, n_diff=n_diff, calib_n=calib_n, seed=seed,
+                      protocols=tuple(parse_protocols(protocol)))  # fmt: skip
+
+    def progress(event: dict) -> None:
+        if event.get("stage") != "load":
+            typer.echo("  " + " ".join(f"{k}={v}" for k, v in event.items()), err=True)
+
+    doc = run_suite(zoo, out, models=model, kinds=shift, config=cfg, progress=progress)
+    typer.echo(json.dumps(doc["summary"], indent=1))

@@ -73,6 +73,40 @@ class RecoveryRequest(_Request):
     )
 
 
+ShiftKind = Literal[
+    "rician_noise", "thick_slices", "bright_compression", "bias_field", "gain_offset", "motion_ghosting",
+    "modality_swap",
+]  # fmt: skip
+
+
+class RecoverySuiteRequest(_Request):
+    """Leave-one-shift-out evaluation (as ``medseglens recover-suite``): per shift kind, fresh adult
+    cases shifted, every protocol and baseline calibrated on that shift's own calibration cases."""
+
+    model_ids: list[ZooName] | None = Field(
+        default=None, min_length=1, max_length=8, description="Null -> every zoo model with an SAE."
+    )
+    shifts: list[ShiftKind] | None = Field(
+        default=None, min_length=1, max_length=7, description="Null -> every shift kind."
+    )
+    protocols: list[Literal["oracle", "blind", "blind-unlabelled", "diff"]] = Field(
+        default=["oracle", "blind", "diff"], min_length=1, max_length=4
+    )
+    n_target: int = Field(
+        default=9, ge=2, le=40, description="Shifted cases per shift (calibration + evaluated)."
+    )
+    calib_n: int = Field(default=3, ge=1, le=5, description="Labelled calibration cases per shift.")
+    n_source: int = Field(default=4, ge=1, le=40, description="Unshifted source cases.")
+    n_diff: int = Field(default=6, ge=3, le=40, description="Unlabelled shifted cases the diff reads.")
+    seed: int = Field(default=9100, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _calibration_fits(self) -> RecoverySuiteRequest:
+        if self.calib_n >= self.n_target:
+            raise ValueError("'calib_n' must be below 'n_target' (some shifted cases must be held out)")
+        return self
+
+
 class JobOut(BaseModel):
     """A job record as served: state, progress (0..1), latest metrics, log tail and result link."""
 

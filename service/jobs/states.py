@@ -34,3 +34,4 @@ class JobKind(StrEnum):
     SAE_TRAINING = "sae_training"
     DIFF_REPORT = "diff_report"
     RECOVERY = "recovery"
+    RECOVERY_SUITE = "recovery_suite"

@@ -21,10 +21,18 @@ from medseglens_core.catalog import HELD_OUT, Catalog, split_dir
 from service.auth import Principal
 from service.deps import ReadKey, ServerId, TrainKey
 from service.errors import MAX_OFFSET, ResourceNotFound, problem_responses, problem_statuses
-from service.jobs.schemas import DiffReportRequest, JobOut, JobPage, RecoveryRequest, SaeTrainingRequest
+from service.jobs.schemas import (
+    DiffReportRequest,
+    JobOut,
+    JobPage,
+    RecoveryRequest,
+    RecoverySuiteRequest,
+    SaeTrainingRequest,
+)
 from service.jobs.service import JobService
 from service.jobs.states import JobKind, JobState
 from service.jobs.tasks.recovery import RESULT_FILE
+from service.jobs.tasks.recovery_suite import RESULT_FILE as SUITE_RESULT
 from service.models_db import Volume
 
 log = logging.getLogger("medseglens.jobs")
@@ -179,6 +187,23 @@ async def create_recovery_job(
     return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
 
 
+@router.post("/recovery-suite", status_code=202, response_model=JobOut, responses=SUBMIT)
+async def create_recovery_suite_job(
+    key: TrainKey,
+    body: RecoverySuiteRequest,
+    request: Request,
+    response: Response,
+    jobs: JobsDep,
+    idem: IdempotencyKey = None,
+) -> JobOut:
+    """Queue the leave-one-shift-out evaluation; its table is served by GET /v1/jobs/{job_id}/result."""
+    _check_zoo(request, models=tuple(body.model_ids or ()))
+    for model_id in body.model_ids or ():
+        if default_sae(request.app.state.settings.zoo_dir, model_id) is None:
+            raise ResourceNotFound(f"Model {model_id!r} has no main SAE in the zoo; train one first.")
+    return await _submit(jobs, response, key, JobKind.RECOVERY_SUITE, body, idem)
+
+
 @router.get("", response_model=JobPage, responses=problem_responses(*problem_statuses()))
 async def list_jobs(
     key: ReadKey,
@@ -219,9 +244,10 @@ async def cancel_job(key: TrainKey, job_id: ServerId, jobs: JobsDep) -> JobOut:
     "/{job_id}/result", response_model=dict[str, Any], responses=problem_responses(*problem_statuses([404]))
 )
 async def get_job_result(key: ReadKey, job_id: ServerId, jobs: JobsDep, request: Request) -> dict[str, Any]:
-    """The JSON result of a finished recovery benchmark."""
+    """The JSON result of a finished recovery benchmark (recovery.json) or suite (suite.json)."""
     job = await anyio.to_thread.run_sync(jobs.get, job_id)
-    path = request.app.state.settings.data_dir / "jobs" / job.id / RESULT_FILE
+    name = SUITE_RESULT if job.kind == JobKind.RECOVERY_SUITE.value else RESULT_FILE
+    path = request.app.state.settings.data_dir / "jobs" / job.id / name
     if job.state != JobState.SUCCEEDED.value or not path.is_file():
         raise ResourceNotFound(f"Job {job_id} has no JSON result (state {job.state}); see its result_link.")
     return json.loads(path.read_text())

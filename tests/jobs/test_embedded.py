@@ -172,3 +172,42 @@ def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatc
         assert done["metrics"]["result"]["provenance"] == doc["provenance"]
     finally:
         api.close()
+
+
+@pytest.mark.slow
+def test_recovery_suite_job_runs_every_protocol_per_shift_on_a_tiny_zoo(tmp_path, monkeypatch):
+    """POST /v1/jobs/recovery-suite -> fresh shifted cases, diff, protocol + baselines -> suite.json."""
+    from tests.analysis.tinyzoo import build_tiny_zoo
+
+    for k, v in FAST_JOB_ENV.items():
+        monkeypatch.setenv(k, v)
+    zoo, data = build_tiny_zoo(tmp_path / "t")
+    (zoo / "data").mkdir()
+    (zoo / "data" / "test").symlink_to(data, target_is_directory=True)
+    api = Api(tmp_path / "data", zoo, None)
+    try:
+        for bad, status in (({"shifts": ["lens_flare"]}, 422), ({"calib_n": 3, "n_target": 3}, 422),
+                            ({"model_ids": ["nope"]}, 404)):  # fmt: skip
+            r = api.client.post("/v1/jobs/recovery-suite", json=bad, headers=api.h())
+            assert r.status_code == status, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+        body = {"model_ids": ["unet-tiny"], "shifts": ["rician_noise"], "protocols": ["blind", "diff"],
+                "n_target": 3, "calib_n": 1, "n_source": 2, "n_diff": 3}  # fmt: skip
+        r = api.client.post("/v1/jobs/recovery-suite", json=body, headers=api.h())
+        assert r.status_code == 202, r.text
+        done = api.wait(r.json()["id"], lambda j: j["state"] in ("succeeded", "failed"), timeout=600)
+        assert done["state"] == "succeeded", done
+        doc = api.client.get(done["result_link"], headers=api.h(api.read_key)).json()
+        assert doc["shifts"] == ["rician_noise"] and doc["models"] == ["unet-tiny"]
+        latent = [r for r in doc["rows"] if r["kind"] == "latent"]
+        assert [r["protocol"] for r in latent] == ["blind", "diff"]
+        assert all(r["shift"] == "rician_noise" and r["design_shift"] is False for r in doc["rows"])
+        if latent[0]["n_failures"]:  # the tiny model may fail no shifted case: then said so
+            assert len([r for r in doc["rows"] if r["kind"] == "baseline"]) == 4
+        else:
+            assert "no failures" in latent[0]["note"]
+        assert "unet-tiny" in doc["summary"]
+        workdir = tmp_path / "data" / "jobs" / done["id"]
+        assert (workdir / "suite" / "suite.html").read_text().count("<tr") == len(doc["rows"]) + 1
+    finally:
+        api.close()
