@@ -63,6 +63,7 @@ def recover_from_zoo(
 
     ``model``: an already loaded ``(net, card)`` of ``model_id`` (the service's model pool).
     """
+    from medseglens_core.catalog import data_split
     from medseglens_core.interventions.diffrepair import diff_latents
     from medseglens_core.interventions.spec import RegionName
     from medseglens_core.interventions.zoo import (
@@ -106,7 +107,7 @@ def recover_from_zoo(
         dirs = (
             [source_calibration]
             if source_calibration
-            else [Path(zoo) / "data" / s / source for s in ("val", "test")]
+            else [data_split(zoo, source, s) for s in ("val", "test")]
         )
         taken = {p.name for p in src_paths}
         harm_paths = [p for d in dirs if d.is_dir() for p in find_cases(d) if p.name not in taken]
