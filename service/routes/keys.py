@@ -76,7 +76,7 @@ def list_project_keys(key: AdminKey, session: SessionDep) -> KeyList:
 
 
 @router.post(
-    "", status_code=201, response_model=KeyOut, responses=problem_responses(*problem_statuses([422]))
+    "", status_code=201, response_model=KeyOut, responses=problem_responses(*problem_statuses([400, 422]))
 )
 def create_project_key(key: AdminKey, body: KeyCreate, session: SessionDep) -> KeyOut:
     """A new key of the caller's project; the answer's ``key`` is shown only this once."""
