@@ -288,7 +288,7 @@ def _valid_cohort(cohort: str) -> bool:
     "/volumes/dicomweb",
     status_code=201,
     response_model=DicomVolumeOut,
-    responses=_responses(404, 413, 415, 502, 503),
+    responses=_responses(400, 404, 413, 415, 502, 503),
 )
 async def create_volume_from_dicomweb(
     _key: SegmentKey,

@@ -86,7 +86,7 @@ IdempotencyKey = Annotated[
         description="Any printable token; a retried POST with the same key returns the same job.",
     ),
 ]
-SUBMIT = problem_responses(*problem_statuses([404, 409, 503]))
+SUBMIT = problem_responses(*problem_statuses([400, 404, 409, 503]))  # 400: a body that is not JSON
 
 
 def _check_zoo(
