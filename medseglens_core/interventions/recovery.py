@@ -330,22 +330,36 @@ def add_baselines(doc: dict[str, Any], sae: Any, items: dict[str, Sequence[Volum
 
 
 def verdict(doc: dict[str, Any]) -> dict[str, Any]:
-    """Whether the latent repair recovers more failures than the best non-latent baseline."""
+    """Whether the latent repair recovers more failures than the best non-latent baseline.
+
+    ``beats_best_baseline`` compares recovered fractions only (ties do not count); the summary
+    also gives the mean Dice after the edit over the failures and the TC/ET side effects of both.
+    """
     base = doc.get("baselines") or {}
     rf = lambda v: -1.0 if v is None else float(v)  # noqa: E731
-    best = max(base, key=lambda k: rf(base[k]["recovered_fraction"])) if base else None
-    mine = doc.get("recovered_fraction")
-    theirs = base[best]["recovered_fraction"] if best else None
+    best = (
+        max(base, key=lambda k: (rf(base[k]["recovered_fraction"]), rf(base[k]["dice_after"])))
+        if base
+        else None
+    )
+    mine, theirs = doc.get("recovered_fraction"), base[best]["recovered_fraction"] if best else None
     beats = best is not None and rf(mine) > rf(theirs)
     ties = best is not None and rf(mine) == rf(theirs)
     if best is None:
         text = "no baseline was run"
-    elif beats:
-        text = f"the latent repair beats the best non-latent baseline ({best}): {rf(mine):.2f} vs {rf(theirs):.2f} of failures recovered"
-    elif ties:
-        text = f"the latent repair ties the best non-latent baseline ({best}) at {rf(mine):.2f}: it adds nothing here"
     else:
-        text = f"the latent repair adds nothing here: {best} recovers {rf(theirs):.2f} of failures vs {rf(mine):.2f}"
+        b, se, bse = base[best], doc.get("side_effects") or {}, base[best].get("side_effects") or {}
+        detail = (
+            f"SNFH Dice after {rf(doc.get('dice_after')):.2f} vs {rf(b['dice_after']):.2f}; "
+            f"TC {_signed(se.get('TC'))} vs {_signed(bse.get('TC'))}, ET {_signed(se.get('ET'))} vs {_signed(bse.get('ET'))}"
+        )
+        if beats:
+            head = f"the latent repair beats the best non-latent baseline ({best}): {rf(mine):.2f} vs {rf(theirs):.2f} of failures recovered"
+        elif ties:
+            head = f"the latent repair ties the best non-latent baseline ({best}) at {rf(mine):.2f} of failures recovered"
+        else:
+            head = f"the latent repair adds nothing here: {best} recovers {rf(theirs):.2f} of failures vs {rf(mine):.2f}"
+        text = f"{head} ({detail})"
     return {
         "latent_recovered_fraction": mine,
         "best_baseline": best,
@@ -353,6 +367,10 @@ def verdict(doc: dict[str, Any]) -> dict[str, Any]:
         "beats_best_baseline": bool(beats),
         "summary": text,
     }
+
+
+def _signed(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
 
 
 def _emit(progress: Progress, **info: Any) -> None:

@@ -48,6 +48,43 @@ def _spec_text(spec: dict[str, Any] | None) -> str:
     return "<code>" + "; ".join(parts) + "</code>"
 
 
+def _side(se: dict[str, Any] | None) -> str:
+    se = se or {}
+    cells = [f"{100 * se[k]:+.1f}" if se.get(k) is not None else "n/a" for k in ("TC", "ET", "WT")]
+    cells.append(
+        f"{se['SNFH_ml']:+.1f} / {se['SNFH_ml_error']:+.1f}" if se.get("SNFH_ml") is not None else "n/a"
+    )
+    return "".join(f"<td>{c}</td>" for c in cells)
+
+
+def _baseline_table(d: dict[str, Any]) -> str:
+    """The protocol next to its non-latent baselines: recovery, Dice, source and side effects."""
+    if not d.get("baselines"):
+        return ""
+    rows = [("latent: " + d["protocol"], d, None)] + [
+        (n, b, b.get("chosen")) for n, b in d["baselines"].items()
+    ]
+    out = [
+        "<table><tr><th class=l>repair</th><th>recovered</th><th>Dice before</th><th>Dice after</th>"
+        "<th>source &Delta;</th><th>TC &Delta;</th><th>ET &Delta;</th><th>WT &Delta;</th>"
+        "<th>SNFH mL &Delta; / error &Delta;</th><th class=l>chosen</th></tr>"
+    ]
+    for name, r, chosen in rows:
+        rec = "n/a" if r.get("recovered_fraction") is None else f"{r['n_recovered']}/{r['n_failures']}"
+        what = chosen if isinstance(chosen, str) else ("per failure" if chosen else "&mdash;")
+        out.append(
+            f"<tr><td class=l>{html.escape(name)}</td><td>{rec}</td><td>{_pct(r.get('dice_before'))}</td>"
+            f"<td>{_pct(r.get('dice_after'))}</td><td>{100 * (r.get('source_dice_change') or 0.0):+.2f}</td>"
+            f"{_side(r.get('side_effects'))}"
+            f"<td class=l>{html.escape(what) if isinstance(chosen, str) else what}</td></tr>"
+        )
+    out.append("</table>")
+    verdict = (d.get("verdict") or {}).get("summary")
+    if verdict:
+        out.append(f"<p><b>Verdict:</b> {html.escape(verdict)}</p>")
+    return "".join(out)
+
+
 def render_recovery_html(docs: list[dict[str, Any]]) -> str:
     """HTML page for one or more ``recovery.json`` documents (one per protocol)."""
     first = docs[0]
@@ -65,6 +102,7 @@ def render_recovery_html(docs: list[dict[str, Any]]) -> str:
     ]
     for d in docs:
         parts.append(f"<h2>{html.escape(d['protocol'])}</h2>")
+        parts.append(_baseline_table(d))
         if d.get("spec"):
             parts.append(f"<p>Spec applied to every held-out case: {_spec_text(d['spec'])}</p>")
         if d.get("calibration"):

@@ -19,6 +19,7 @@ from medseglens_core.interventions.baselines import (
 )
 from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery, verdict
+from medseglens_core.interventions.report import render_recovery_html
 from medseglens_core.interventions.search import FamilyGrid, VolumeItem
 from medseglens_core.interventions.spec import Gate
 from tests.interventions.fakes import IdentityPrepared, PlantedModel, identity_sae, planted_volume
@@ -144,3 +145,5 @@ def test_every_protocol_report_carries_baselines_side_effects_and_a_verdict(coho
         assert v["best_baseline_recovered_fraction"] == best
         assert v["beats_best_baseline"] == (doc["recovered_fraction"] > best)
         assert v == verdict(doc)
+        page = render_recovery_html([doc])  # protocol and baselines side by side, with the verdict
+        assert all(name in page for name in doc["baselines"]) and "Verdict:" in page and "TC &Delta;" in page
