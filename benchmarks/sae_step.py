@@ -39,24 +39,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.sae_train import synthetic_tokens  # noqa: E402
 from medseglens_core.sae.base import SAEConfig, build_sae  # noqa: E402
 from medseglens_core.sae.step import fast_step  # noqa: E402
 from medseglens_core.sae.train import init_from_data  # noqa: E402
 
 D_IN, K, AUX_K, BATCH = 256, 32, 256, 4096
 TARGET_STEP, TARGET_AUX = 1.5, 2.0
-
-
-def _tokens(n: int, seed: int = 0) -> torch.Tensor:
-    """Synthetic activation-like tokens: a sparse non-negative mix of 4096 directions + noise."""
-    g = torch.Generator().manual_seed(seed)
-    atoms = torch.randn(4096, D_IN, generator=g)
-    idx = torch.randint(0, 4096, (n, 16), generator=g)
-    coef = torch.rand(n, 16, generator=g)
-    out = 0.1 * torch.randn(n, D_IN, generator=g)
-    for j in range(idx.shape[1]):  # accumulate term by term: no (n, 16, d_in) temporary
-        out += coef[:, j : j + 1] * atoms[idx[:, j]]
-    return out
 
 
 def _iteration(d_sae: int, data: torch.Tensor, dead_fraction: float, optimise: bool) -> Callable[[], None]:
@@ -145,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    data = _tokens(BATCH * 4)
+    data = synthetic_tokens(BATCH * 4)
     results = [bench(m, data, args.dead_fractions, args.repeats) for m in args.d_sae]
     print(
         json.dumps(

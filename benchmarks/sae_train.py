@@ -57,7 +57,7 @@ from medseglens_core.sae.train import train_sae  # noqa: E402
 D_IN, K, BATCH = 256, 32, 4096
 
 
-def _tokens(n: int, seed: int = 0) -> torch.Tensor:
+def synthetic_tokens(n: int, seed: int = 0) -> torch.Tensor:
     """Synthetic activation-like tokens: a sparse non-negative mix of 4096 directions + noise."""
     g = torch.Generator().manual_seed(seed)
     atoms = torch.randn(4096, D_IN, generator=g)
@@ -165,7 +165,7 @@ def bench_rss(token_counts: list[int], d_sae: int, threads: int) -> list[dict]:
         c = w.add_case("synthetic", None)
         for s in range(0, max(token_counts), 65_536):
             n = min(65_536, max(token_counts) - s)
-            w.add(_tokens(n, seed=s).numpy(), case=c, z=0, y=0, x=0, label=0)
+            w.add(synthetic_tokens(n, seed=s).numpy(), case=c, z=0, y=0, x=0, label=0)
         w.close()
         out = []
         for n in token_counts:
@@ -198,7 +198,7 @@ def main() -> None:
     settings = [args.threads] if args.threads else sorted({1, default_threads})
     torch.manual_seed(0)
     steps = 6 if args.quick else 15
-    data = _tokens(BATCH * 4)
+    data = synthetic_tokens(BATCH * 4)
     speed = {}
     for threads in settings:
         torch.set_num_threads(threads)

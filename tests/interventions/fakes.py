@@ -103,3 +103,17 @@ def planted_volume(oedema_gain: float, seed: int, size: int = 16, depth: int = 6
     x += rng.normal(0, 0.005, x.shape).astype(np.float32)
     x[:, 1][label.transpose(2, 0, 1) != 2] -= 0.05  # the oedema channel is silent off the oedema
     return torch.from_numpy(x), label
+
+
+def planted_items(cohort: str, gain: float, seeds: range) -> list:
+    """Recovery items of planted volumes (:func:`planted_volume`) with oedema gain ``gain``."""
+    from medseglens_core.interventions.cache import PrefixCache
+    from medseglens_core.interventions.search import VolumeItem
+
+    model = PlantedModel()
+    out = []
+    for s in seeds:
+        slices, label = planted_volume(gain, s)
+        cache = PrefixCache.build(model, IdentityPrepared(slices, label))
+        out.append(VolumeItem(f"{cohort}-{s:02d}", cohort, cache, label, (1.0, 1.0, 1.0)))
+    return out

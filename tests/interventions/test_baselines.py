@@ -17,24 +17,19 @@ from medseglens_core.interventions.baselines import (
     side_effects,
     source_quantiles,
 )
-from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery, verdict
 from medseglens_core.interventions.report import render_recovery_html
 from medseglens_core.interventions.search import FamilyGrid, VolumeItem
 from medseglens_core.interventions.spec import Gate
-from tests.interventions.fakes import IdentityPrepared, PlantedModel, identity_sae, planted_volume
+from tests.interventions.fakes import (
+    identity_sae,
+    planted_items,
+)
 
 TOL = {"source_tolerance": 0.004, "source_case_tolerance": 0.02}
 
 
-def _items(cohort: str, gain: float, seeds: range) -> list[VolumeItem]:
-    model = PlantedModel()
-    out = []
-    for s in seeds:
-        slices, label = planted_volume(gain, s)
-        cache = PrefixCache.build(model, IdentityPrepared(slices, label))
-        out.append(VolumeItem(f"{cohort}-{s:02d}", cohort, cache, label, (1.0, 1.0, 1.0)))
-    return out
+_items = planted_items
 
 
 @pytest.fixture(scope="module")

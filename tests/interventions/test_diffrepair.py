@@ -11,7 +11,7 @@ from medseglens_core.interventions.diffrepair import diff_latents
 from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery
 from medseglens_core.interventions.search import FamilyGrid
 from tests.interventions.fakes import identity_sae
-from tests.interventions.test_baselines import _items
+from tests.interventions.fakes import planted_items as _items
 
 
 def _report(tmp_path, rows, sae_id="planted"):

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from medseglens_core.interventions.batch import SliceScorer, score_specs
-from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery
 from medseglens_core.interventions.search import FamilyGrid, VolumeItem, profile, rank_candidates
 from medseglens_core.interventions.steer import fit_steering, pack, select_latents, steering_spec
-from tests.interventions.fakes import IdentityPrepared, PlantedModel, identity_sae, planted_volume
+from tests.interventions.fakes import (
+    identity_sae,
+    planted_items,
+)
 
 GRID = FamilyGrid(sizes=(2,), clamp_active=(2.0,), clamp_region=(1.0,), scale_region=(4.0,), dilations=(4,))
 CFG = RecoveryConfig(
@@ -18,14 +20,7 @@ CFG = RecoveryConfig(
 )
 
 
-def _items(cohort: str, gain: float, seeds: range) -> list[VolumeItem]:
-    model = PlantedModel()
-    out = []
-    for s in seeds:
-        slices, label = planted_volume(gain, s)
-        cache = PrefixCache.build(model, IdentityPrepared(slices, label))
-        out.append(VolumeItem(f"{cohort}-{s:02d}", cohort, cache, label, (1.0, 1.0, 1.0)))
-    return out
+_items = planted_items
 
 
 @pytest.fixture(scope="module")

@@ -145,9 +145,8 @@ def test_diff_report_job_publishes_a_listed_report_and_cancels(env, monkeypatch)
     assert sorted(p.name for p in (zoo / "reports").iterdir()) == [report_id]
 
 
-@pytest.mark.slow
-def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatch):
-    """POST /v1/jobs/recovery -> the real run_recovery on the tiny zoo's test split -> recovery.json."""
+def _tiny_zoo_api(tmp_path, monkeypatch):
+    """The tiny zoo with its cases as the held-out split, and an embedded-jobs API over it."""
     from tests.analysis.tinyzoo import build_tiny_zoo
 
     for k, v in FAST_JOB_ENV.items():
@@ -155,7 +154,13 @@ def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatc
     zoo, data = build_tiny_zoo(tmp_path / "t")
     (zoo / "data").mkdir()
     (zoo / "data" / "test").symlink_to(data, target_is_directory=True)
-    api = Api(tmp_path / "data", zoo, None)
+    return zoo, Api(tmp_path / "data", zoo, None)
+
+
+@pytest.mark.slow
+def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatch):
+    """POST /v1/jobs/recovery -> the real run_recovery on the tiny zoo's test split -> recovery.json."""
+    zoo, api = _tiny_zoo_api(tmp_path, monkeypatch)
     try:
         body = {"model_id": "unet-tiny", "target": "ssa", "protocol": "oracle"}
         r = api.client.post("/v1/jobs/recovery", json=body, headers=api.h())
@@ -177,14 +182,7 @@ def test_recovery_job_runs_the_real_benchmark_on_a_tiny_zoo(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_recovery_suite_job_runs_every_protocol_per_shift_on_a_tiny_zoo(tmp_path, monkeypatch):
     """POST /v1/jobs/recovery-suite -> fresh shifted cases, diff, protocol + baselines -> suite.json."""
-    from tests.analysis.tinyzoo import build_tiny_zoo
-
-    for k, v in FAST_JOB_ENV.items():
-        monkeypatch.setenv(k, v)
-    zoo, data = build_tiny_zoo(tmp_path / "t")
-    (zoo / "data").mkdir()
-    (zoo / "data" / "test").symlink_to(data, target_is_directory=True)
-    api = Api(tmp_path / "data", zoo, None)
+    zoo, api = _tiny_zoo_api(tmp_path, monkeypatch)
     try:
         for bad, status in (({"shifts": ["lens_flare"]}, 422), ({"calib_n": 3, "n_target": 3}, 422),
                             ({"model_ids": ["nope"]}, 404)):  # fmt: skip
