@@ -11,7 +11,8 @@ Latents (:func:`diff_latents`): the model section's ``specific[<target>]`` rows 
 (checked by id and, where the report records it, by the SAE file's sha256). They are ordered by
 the source cohort's attribution to the scored region (activation x gradient, from predictions,
 no label), so the latents the model relies on come first; the subsets tried are every
-specific latent, the top ``top`` by attribution, and the ``down`` ones (what the target lost).
+specific latent (at most ``max_latents``, the first by attribution), the top ``top``, and the
+``down`` ones (what the target lost).
 
 Edits (:func:`diff_families`), on each subset, with the source statistics measured on the
 source cases (``Ranking.reference``: a latent's code when active where the model predicts the
@@ -42,6 +43,7 @@ class DiffGrid:
     """Candidate strengths and scopes of the diff-driven edits."""
 
     top: int = 5
+    max_latents: int = 64  # a spec holds at most 256 edits; the diff may name hundreds of latents
     patch_active: tuple[float, ...] = (1.0, 2.0)
     patch_region: tuple[float, ...] = (1.0, 2.0)
     add: tuple[float, ...] = (1.0, 2.0, 4.0)
@@ -127,7 +129,7 @@ def diff_families(
     grid: DiffGrid = DiffGrid(),
 ) -> list[tuple[str, InterventionSpec]]:
     """Named candidate specs over subsets of the diff latents (module docs)."""
-    ordered = sorted(diff.latents, key=lambda j: (-float(attribution[j]), j))
+    ordered = sorted(diff.latents, key=lambda j: (-float(attribution[j]), j))[: grid.max_latents]
     subsets: dict[str, list[int]] = {"all": ordered}
     if len(ordered) > grid.top:
         subsets[f"top{grid.top}"] = ordered[: grid.top]

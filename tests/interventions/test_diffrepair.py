@@ -56,3 +56,16 @@ def test_diff_needs_a_report_and_a_target_with_failures(tmp_path) -> None:
         diff_latents(tmp_path / "bad.json", "m", "planted", "ssa")
     with pytest.raises(InvalidInput, match="has no model 'other'"):
         diff_latents(_report(tmp_path, []), "other", "planted", "ssa")
+
+
+def test_a_diff_naming_hundreds_of_latents_gives_specs_within_the_edit_limit() -> None:
+    import numpy as np
+
+    from medseglens_core.interventions.diffrepair import DiffLatents, diff_families
+
+    n = 400
+    diff = DiffLatents(list(range(n)), dict.fromkeys(range(n), "down"), "r", "s", "ssa", "adult")
+    ones = np.ones(n)
+    fams = diff_families(diff, np.arange(n, dtype=float), ones, 2 * ones, ones)
+    assert fams and all(len(s.edits) <= 64 for _, s in fams)
+    assert {e.latent for e in fams[0][1].edits} == set(range(n - 64, n))  # the top by attribution
