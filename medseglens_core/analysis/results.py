@@ -150,8 +150,32 @@ def recovery_rows(zoo: Path, extra: Iterable[str | Path] = ()) -> list[dict[str,
         if not Path(path).is_file():
             raise NotFound(f"no recovery file {name}; pass a recovery.json written by medseglens recover")
         for doc in _recovery_docs(_read(Path(path))):
-            rows.append({"file": name, **{k: doc.get(k) for k in keys}})
+            verdict, se = doc.get("verdict") or {}, doc.get("side_effects") or {}
+            rows.append(
+                {
+                    "file": name,
+                    **{k: doc.get(k) for k in keys},
+                    "best_baseline": verdict.get("best_baseline"),
+                    "best_baseline_recovered_fraction": verdict.get("best_baseline_recovered_fraction"),
+                    "beats_best_baseline": verdict.get("beats_best_baseline"),
+                    "TC_change": se.get("TC"),
+                    "ET_change": se.get("ET"),
+                }
+            )
     return rows
+
+
+def _tc_et(r: dict[str, Any]) -> str:
+    if r.get("TC_change") is None:
+        return "-"
+    return f"{r['TC_change']:+.3f} / {r['ET_change']:+.3f}"
+
+
+def _baseline_cell(r: dict[str, Any]) -> str:
+    if not r.get("best_baseline"):
+        return "-"
+    mark = " (latent beats it)" if r.get("beats_best_baseline") else ""
+    return f"{r['best_baseline']} {_pct(r['best_baseline_recovered_fraction'])}{mark}"
 
 
 def ood_rows(zoo: Path) -> list[dict[str, Any]]:
@@ -259,16 +283,21 @@ def results_markdown(doc: dict[str, Any]) -> str:
                 str(r["model_id"]),
                 str(r["protocol"]),
                 str(r["target"]),
+                str(Path(str(r["file"])).parent.name or "-"),
                 f"{r['n_failures']} of {r['n_cases']}",
                 _pct(r["recovered_fraction"]),
                 f"{_f(r['dice_before'])} -> {_f(r['dice_after'])}",
                 _f(r["source_dice_change"], 3),
+                _tc_et(r),
+                _baseline_cell(r),
             ]
             for r in doc["recovery"]
         ]
         out += _table(
-            ["model", "protocol", "target", "failures", "recovered", "before -> after", "source change"], rows
-        )
+            ["model", "protocol", "target", "run", "failures", "recovered", "before -> after", "source change",
+             "TC / ET change", "best non-latent baseline"],
+            rows,
+        )  # fmt: skip
     else:
         out.append("No recovery results in this zoo (run `medseglens recover ... --out ZOO/recovery/NAME`).")
     if doc["ood"]:

@@ -56,7 +56,9 @@ def zoo(tmp_path):
     _write(z / "reports" / "zoo" / "report.json", report)
     rec = {"protocols": [{"model_id": "unet-adult", "protocol": "blind", "target": "ssa", "n_cases": 11,
                           "n_failures": 10, "recovered_fraction": 0.9, "dice_before": 0.26, "dice_after": 0.58,
-                          "source_dice_change": 0.0}]}  # fmt: skip
+                          "source_dice_change": 0.0, "side_effects": {"TC": 0.021, "ET": -0.004},
+                          "verdict": {"best_baseline": "morph_ring", "best_baseline_recovered_fraction": 0.8,
+                                      "beats_best_baseline": True}}]}  # fmt: skip
     _write(z / "recovery" / "ssa" / "recovery.json", rec)
     _write(z / "zoo.json", {"package_version": "9.9", "config": {"seed": 0}, "source_commit": "c" * 40})
     return z
@@ -104,7 +106,10 @@ def test_markdown_tables_match_the_cards(zoo):
     assert "| model | healthy | ssa | adult vs the rest |" in md
     assert "| unet-adult (dec1) | 1 / 8 | 4 / 0 | 3 / 2 |" in md
     assert "71% of the 128 most active latent pairs" in md and "(91 pairs)" in md
-    assert "| unet-adult | blind | ssa | 10 of 11 | 90% | 0.26 -> 0.58 | 0.000 |" in md
+    assert (
+        "| unet-adult | blind | ssa | ssa | 10 of 11 | 90% | 0.26 -> 0.58 | 0.000 | +0.021 / -0.004 | morph_ring 80% (latent beats it) |"
+        in md
+    )
     assert "commit " + "c" * 40 in md
 
 
