@@ -242,7 +242,8 @@ def summarise(rows: list[dict[str, Any]], kinds: Sequence[str]) -> dict[str, Any
             if not latent or not latent[0].get("n_failures"):
                 per[kind] = {"n_failures": 0}
                 continue
-            bl, bb = max(latent, key=rf), max(base, key=rf) if base else None
+            rank = lambda r: (rf(r), -1.0 if r.get("dice_after") is None else r["dice_after"])  # noqa: E731
+            bl, bb = max(latent, key=rank), max(base, key=rank) if base else None
             beats = bb is None or rf(bl) > rf(bb)
             tested += 1
             wins += beats
