@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -23,6 +22,7 @@ from medseglens_core.models.card import save_model
 from medseglens_core.sae.collect import collect_activations
 from medseglens_core.sae.io import load_sae
 from medseglens_core.sae.pipeline import train_sae_for_model
+from tests.sae.test_collect_fidelity import write_case
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("saelens_probe.py")
@@ -43,24 +43,6 @@ def _compat_python() -> str:
     return py
 
 
-def _write_case(folder: Path, case_id: str, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    shape = (28, 30, 6)
-    img = np.zeros((4, *shape), np.float32)
-    brain = np.zeros(shape, bool)
-    brain[3:-3, 3:-3, 1:-1] = True
-    img[:, brain] = 1.0 + 0.05 * rng.standard_normal((4, int(brain.sum())))
-    lab = np.zeros(shape, np.uint8)
-    lab[10:18, 10:18, 2:4] = 2
-    lab[12:16, 12:16, 2:4] = 3
-    img[3][lab == 2] += 1.5
-    img[1][lab == 3] += 1.5
-    folder.mkdir(parents=True)
-    for i, m in enumerate(("t1n", "t1c", "t2w", "t2f")):
-        nib.save(nib.Nifti1Image(img[i], np.eye(4)), folder / f"{case_id}-{m}.nii.gz")
-    nib.save(nib.Nifti1Image(lab, np.eye(4)), folder / f"{case_id}-seg.nii.gz")
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny U-Net, its cases, its raw hooked tokens and one freshly trained SAE per architecture."""
@@ -69,7 +51,7 @@ def trained(tmp_path_factory):
     model = build_model("unet", input_size=SIZE, channels=(4, 8, 16), strides=(2, 2)).eval()
     save_model(model, {"id": "tiny-unet"}, root / "m")
     for j in range(3):
-        _write_case(root / "data" / "adult" / f"adult{j}", f"adult{j}", seed=j)
+        write_case(root / "data" / "adult" / f"adult{j}", f"adult{j}", seed=j)
     cases = sorted((root / "data" / "adult").iterdir())
     raw = collect_activations(model, "bottleneck", cases, root / "acts", dtype="float32")
     x = np.concatenate([np.asarray(raw.tokens(i)) for i in range(len(raw.shards))]).astype(np.float32)

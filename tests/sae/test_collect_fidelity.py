@@ -18,7 +18,8 @@ from medseglens_core.sae.pipeline import train_sae_for_model
 SIZE = 32
 
 
-def _write_case(folder, case_id: str, seed: int) -> None:
+def write_case(folder, case_id: str, seed: int) -> None:
+    """A tiny labelled BraTS-2023 case folder (oedema in FLAIR, enhancing core in T1c)."""
     rng = np.random.default_rng(seed)
     shape = (28, 30, 6)
     img = np.zeros((4, *shape), np.float32)
@@ -44,7 +45,7 @@ def tiny(tmp_path):
     model = build_model("unet", input_size=SIZE, channels=(4, 8, 16), strides=(2, 2)).eval()
     for cohort in ("adult", "ssa"):
         for j in range(3):
-            _write_case(tmp_path / "data" / cohort / f"{cohort}{j}", f"{cohort}{j}", seed=j)
+            write_case(tmp_path / "data" / cohort / f"{cohort}{j}", f"{cohort}{j}", seed=j)
     return model, tmp_path
 
 
