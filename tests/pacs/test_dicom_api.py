@@ -56,7 +56,6 @@ def test_dicom_upload_segments_like_nifti_and_seg_reads_back(tmp_path, reverse):
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "application/dicom"
         ds = pydicom.dcmread(io.BytesIO(r.content))
-        seg = hd.seg.Segmentation.from_dataset(ds)
         assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
         assert ds.FrameOfReferenceUID == info["frame_of_reference_uid"]
         assert ds.StudyInstanceUID == info["study_instance_uid"]
@@ -73,21 +72,15 @@ def test_dicom_upload_segments_like_nifti_and_seg_reads_back(tmp_path, reverse):
         # frames = the DICOM-path mask voxel for voxel, over the t1c instances sorted by position
         src = [s["series_instance_uid"] for m, s in body["dicom"]["series"].items() if m == "t1c"]
         assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == src[0]
-        ref_uids = [
-            str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
-        ]
-        got = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=_sorted_t1c(tmp_path / "dcm", ref_uids),
-            segment_numbers=[1, 2, 3],
-            combine_segments=True,
-            assert_missing_frames_are_empty=True,
-        )
-        np.testing.assert_array_equal(np.transpose(got, (2, 1, 0)), md)
+        np.testing.assert_array_equal(seg_labels(ds, tmp_path / "dcm"), md)
 
         r = client.get(f"/v1/segmentations/{sd}/seg.dcm", params={"type": "labelmap"}, headers=headers)
         assert r.status_code == 200, r.text
         lm = pydicom.dcmread(io.BytesIO(r.content))
         assert lm.SegmentationType == "LABELMAP"
+        ref_uids = [
+            str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        ]
         back = hd.seg.Segmentation.from_dataset(lm).get_pixels_by_source_instance(
             source_sop_instance_uids=_sorted_t1c(tmp_path / "dcm", ref_uids),
             segment_numbers=[1, 2, 3],
@@ -98,6 +91,20 @@ def test_dicom_upload_segments_like_nifti_and_seg_reads_back(tmp_path, reverse):
         r = client.get(f"/v1/segmentations/{sn}/seg.dcm", headers=headers)
         assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
         assert r.json()["type"].endswith("/no-dicom-source")
+
+
+def seg_labels(ds, dcm_dir):
+    """The label map ``(X, Y, Z)`` a DICOM SEG encodes over the t1c instances under ``dcm_dir``."""
+    refs = [
+        str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    ]
+    got = hd.seg.Segmentation.from_dataset(ds).get_pixels_by_source_instance(
+        source_sop_instance_uids=_sorted_t1c(dcm_dir, refs),
+        segment_numbers=[1, 2, 3],
+        combine_segments=True,
+        assert_missing_frames_are_empty=True,
+    )
+    return np.transpose(got, (2, 1, 0))
 
 
 def _sorted_t1c(folder, uids):
@@ -166,13 +173,4 @@ def test_lps_voxel_order_round_trip_is_exact(tmp_path, reverse):
         ds = pydicom.dcmread(
             io.BytesIO(client.get(f"/v1/segmentations/{sd}/seg.dcm", headers=headers).content)
         )
-        refs = [
-            str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
-        ]
-        got = hd.seg.Segmentation.from_dataset(ds).get_pixels_by_source_instance(
-            source_sop_instance_uids=_sorted_t1c(tmp_path / "dcm", refs),
-            segment_numbers=[1, 2, 3],
-            combine_segments=True,
-            assert_missing_frames_are_empty=True,
-        )
-        np.testing.assert_array_equal(np.transpose(got, (2, 1, 0)), md)
+        np.testing.assert_array_equal(seg_labels(ds, tmp_path / "dcm"), md)

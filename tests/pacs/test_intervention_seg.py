@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 
-import highdicom as hd
 import numpy as np
 import pydicom
 
 from tests.pacs.helpers import write_case_study, zip_dir
-from tests.pacs.test_dicom_api import _sorted_t1c
+from tests.pacs.test_dicom_api import seg_labels
 from tests.pacs.test_orthanc import _delete_study, orthanc  # noqa: F401 - the fixture
 from tests.service.builders import load_bytes
 from tests.service.tinyzoo_app import UNET, UNET_SAE, tiny_client
@@ -45,16 +44,7 @@ def test_intervention_seg_frames_equal_the_edited_mask(tmp_path):
         alg = ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
         assert alg.AlgorithmName == f"medseglens:{UNET}"
         assert f"intervention_spec_id={iid}:" in str(alg.AlgorithmParameters)  # "key=value,..." (highdicom)
-        refs = [
-            str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
-        ]
-        got = hd.seg.Segmentation.from_dataset(ds).get_pixels_by_source_instance(
-            source_sop_instance_uids=_sorted_t1c(tmp_path / "dcm", refs),
-            segment_numbers=[1, 2, 3],
-            combine_segments=True,
-            assert_missing_frames_are_empty=True,
-        )
-        np.testing.assert_array_equal(np.transpose(got, (2, 1, 0)), mask)
+        np.testing.assert_array_equal(seg_labels(ds, tmp_path / "dcm"), mask)
         # the segmentation's SEG is a different instance
         plain = pydicom.dcmread(
             io.BytesIO(client.get(f"/v1/segmentations/{seg.json()['id']}/seg.dcm", headers=headers).content)
