@@ -37,7 +37,7 @@ from medseglens_core.analysis.casepass import (
     load_if_path,
     prepare_for_analysis,
 )
-from medseglens_core.analysis.encode import ModelLike, SAELike, resolve_hook
+from medseglens_core.analysis.encode import REGION_NAMES, ModelLike, SAELike, resolve_hook
 from medseglens_core.analysis.stats import (
     benjamini_hochberg,
     case_level_test,
@@ -150,8 +150,10 @@ class DiffCriteria:
     log_eps: float = 1e-3  # about one token of a case's ~1000 brain tokens
     n_perm: int = 10000  # relabellings of the permutation test (exact when fewer exist)
     # second family: mean activation per tumour token (NCR+SNFH+ET, from the labels), same
-    # test, effect and fold thresholds; BH within each family (a latent passes on either)
+    # test, effect and fold thresholds; BH within each family (a latent passes on any)
     tumour_contrast: bool = True
+    # one more family per region: mean activation per labelled token of that region
+    region_contrasts: tuple[str, ...] = ("NCR", "SNFH", "ET")
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class LatentDiff:
     direction: str  # "up" | "down" | "none"
     specific: bool
     tested: bool = True  # False: below ``min_pooled_rate``, reported with p = q = 1
+    families: dict[str, str] = field(default_factory=dict)  # family passed -> its direction
 
 
 def cohort_case_stats(
@@ -223,14 +226,18 @@ def cohort_case_stats(
     return CaseLatentStats(d_sae=int(sae.W_dec.shape[0]), cohorts=cohorts)
 
 
-def _reference_values(
-    stats: CaseLatentStats, target: str, reference: str | Sequence[str] | None, metric: str
-):
-    names = (
+def _reference_names(stats: CaseLatentStats, target: str, reference: str | Sequence[str] | None) -> list[str]:
+    return (
         [c for c in stats.cohorts if c != target]
         if reference is None
         else ([reference] if isinstance(reference, str) else list(reference))
     )
+
+
+def _reference_values(
+    stats: CaseLatentStats, target: str, reference: str | Sequence[str] | None, metric: str
+):
+    names = _reference_names(stats, target, reference)
     if not names or target in names:
         raise InvalidInput(
             f"reference cohorts must be non-empty and exclude the target {target!r}; got {names}"
@@ -243,14 +250,16 @@ def _reference_values(
 _TESTS = ("permutation", "welch", "mwu")
 
 
-def tumour_activation(cs: CohortStats) -> np.ndarray:
-    """``(n_tumour_cases, d)`` mean activation per tumour token (NCR+SNFH+ET) of the cases that
-    have labelled tumour tokens (the tumour neighbourhood contrast; healthy cases drop out)."""
+def tumour_activation(cs: CohortStats, region: str | None = None) -> np.ndarray:
+    """``(n_cases_with_tokens, d)`` mean activation per token of the tumour (NCR+SNFH+ET, from the
+    labels) or, with ``region``, of that one region, for the cases that have labelled tokens there
+    (the neighbourhood contrasts; cases without such tokens drop out)."""
     if cs.region_tokens is None:
         return np.zeros((0, cs.region_mass.shape[1]))
-    tokens = cs.region_tokens[:, 1:]
+    cols = [REGION_NAMES.index(region)] if region is not None else [1, 2, 3]
+    tokens = cs.region_tokens[:, cols]
     ok = ~np.isnan(tokens).any(axis=1) & (np.nan_to_num(tokens).sum(axis=1) > 0)
-    mass = np.nansum(cs.region_mass[ok][:, :, 1:], axis=2)
+    mass = np.nansum(cs.region_mass[ok][:, :, cols], axis=2)
     return mass / tokens[ok].sum(axis=1)[:, None]
 
 
@@ -264,6 +273,31 @@ def case_level_pvalues(tgt: np.ndarray, ref: np.ndarray, criteria: DiffCriteria)
     return permutation_test(lt, lr, n_perm=criteria.n_perm)
 
 
+@dataclass(frozen=True)
+class _Family:
+    """One family of case-level tests: per-case values of both groups and the latents tested."""
+
+    name: str
+    p: np.ndarray
+    q: np.ndarray
+    effect: np.ndarray
+    log2_ratio: np.ndarray
+    specific: np.ndarray
+
+
+def _family(name: str, tgt: np.ndarray, ref: np.ndarray, ratio: np.ndarray, tested: np.ndarray,
+            criteria: DiffCriteria) -> _Family:  # fmt: skip
+    d = tgt.shape[1]
+    p, q = np.ones(d), np.ones(d)
+    if tested.any():
+        p[tested] = case_level_pvalues(tgt[:, tested], ref[:, tested], criteria)
+        q[tested] = benjamini_hochberg(p[tested])
+    _, effect = case_level_test(tgt, ref)
+    spec = tested & (q < criteria.alpha) & (np.abs(effect) >= criteria.min_rank_biserial)
+    spec &= np.abs(ratio) >= criteria.min_log2_ratio
+    return _Family(name, p, q, effect, ratio, spec)
+
+
 def compare_cohorts(
     stats: CaseLatentStats,
     target: str,
@@ -272,65 +306,61 @@ def compare_cohorts(
 ) -> list[LatentDiff]:
     """Every latent, target vs reference (default: all other cohorts pooled), sorted by (q, -|effect|).
 
-    Latents below ``criteria.min_pooled_rate`` (pooled over both groups' cases) are not tested:
-    they get ``p = q = 1``, ``tested = False`` and are never specific.
+    Families of tests, each with its own Benjamini-Hochberg correction; a latent is specific when
+    it passes in any family, and is reported with the statistics of the first family it passes:
+
+    * ``brain``: ``criteria.metric`` per case over the brain tokens;
+    * ``tumour`` (``criteria.tumour_contrast``): mean activation per labelled tumour token;
+    * one per region of ``criteria.region_contrasts`` (e.g. ``SNFH``): mean activation per
+      labelled token of that region. On a cohort whose oedema looks fainter the latents that
+      detect oedema fire less ON the oedema, which the whole-brain rate dilutes below detection.
+
+    The tumour and region families need labels and at least 3 cases with such tokens in each group;
+    otherwise they are skipped. ``LatentDiff.families`` maps each family a latent passes to its
+    direction there. Latents below ``criteria.min_pooled_rate`` (pooled over both groups' cases) are
+    not tested: they get ``p = q = 1``, ``tested = False`` and are never specific.
     """
     if criteria.metric not in ("firing_rate", "mean_activation"):
         raise InvalidInput(f"metric must be firing_rate or mean_activation; got {criteria.metric!r}")
     if criteria.test not in _TESTS:
         raise InvalidInput(f"test must be one of {_TESTS}; got {criteria.test!r}")
+    bad = [r for r in criteria.region_contrasts if r not in REGION_NAMES[1:]]
+    if bad:
+        raise InvalidInput(f"region contrasts must be among {REGION_NAMES[1:]}; got {bad}")
     tgt = getattr(stats[target], criteria.metric)
     ref, ref_rate = _reference_values(stats, target, reference, criteria.metric)
     t_rate = stats[target].firing_rate.mean(axis=0)
     r_rate = ref_rate.mean(axis=0)
     pooled = np.concatenate([stats[target].firing_rate, ref_rate]).mean(axis=0)
     tested = pooled >= criteria.min_pooled_rate
-    p, q = np.ones(stats.d_sae), np.ones(stats.d_sae)
-    _, effect = case_level_test(tgt, ref)
-    if tested.any():
-        p[tested] = case_level_pvalues(tgt[:, tested], ref[:, tested], criteria)
-        q[tested] = benjamini_hochberg(p[tested])
-    lr = log2_ratio(t_rate, r_rate)
-    spec = tested & (q < criteria.alpha) & (np.abs(effect) >= criteria.min_rank_biserial)
-    spec &= np.abs(lr) >= criteria.min_log2_ratio
-    names = (
-        [c for c in stats.cohorts if c != target]
-        if reference is None
-        else ([reference] if isinstance(reference, str) else list(reference))
-    )
-    tt = tumour_activation(stats[target])
-    tr = np.concatenate([tumour_activation(stats[c]) for c in names])
-    if criteria.tumour_contrast and len(tt) >= 3 and len(tr) >= 3 and tested.any():
-        tested2 = tested & (np.concatenate([tt, tr]).mean(axis=0) > 0)
-        p2 = np.ones(stats.d_sae)
-        p2[tested2] = case_level_pvalues(tt[:, tested2], tr[:, tested2], criteria)
-        q2 = np.ones(stats.d_sae)
-        q2[tested2] = benjamini_hochberg(p2[tested2])
-        _, eff2 = case_level_test(tt, tr)
-        lr2 = log2_ratio(tt.mean(axis=0), tr.mean(axis=0))
-        spec = tested & (q < criteria.alpha) & (np.abs(effect) >= criteria.min_rank_biserial)
-        spec &= np.abs(lr) >= criteria.min_log2_ratio
-        spec2 = tested2 & (q2 < criteria.alpha) & (np.abs(eff2) >= criteria.min_rank_biserial)
-        spec2 &= np.abs(lr2) >= criteria.min_log2_ratio
-        only2 = spec2 & ~spec  # report the tumour family's statistics where only it passes
-        p, q, effect, lr = (np.where(only2, a2, a) for a, a2 in ((p, p2), (q, q2), (effect, eff2), (lr, lr2)))
-        spec = spec | spec2
+    families = [_family("brain", tgt, ref, log2_ratio(t_rate, r_rate), tested, criteria)]
+    names = _reference_names(stats, target, reference)
+    regions = ([None] if criteria.tumour_contrast else []) + list(criteria.region_contrasts)
+    for region in regions:
+        tt = tumour_activation(stats[target], region)
+        tr = np.concatenate([tumour_activation(stats[c], region) for c in names])
+        if len(tt) < 3 or len(tr) < 3 or not tested.any():
+            continue
+        tested_r = tested & (np.concatenate([tt, tr]).mean(axis=0) > 0)
+        ratio = log2_ratio(tt.mean(axis=0), tr.mean(axis=0))
+        families.append(_family(region or "tumour", tt, tr, ratio, tested_r, criteria))
     out = []
     for j in range(stats.d_sae):
-        specific = bool(spec[j])
-        direction = ("up" if effect[j] > 0 else "down") if specific else "none"
+        passed = {f.name: ("up" if f.effect[j] > 0 else "down") for f in families if f.specific[j]}
+        f = next((f for f in families if f.specific[j]), families[0])
         out.append(
             LatentDiff(
-                j,
-                float(p[j]),
-                float(q[j]),
-                float(effect[j]),
-                float(lr[j]),
-                float(t_rate[j]),
-                float(r_rate[j]),
-                direction,
-                specific,
-                bool(tested[j]),
+                latent=j,
+                p=float(f.p[j]),
+                q=float(f.q[j]),
+                effect=float(f.effect[j]),
+                log2_ratio=float(f.log2_ratio[j]),
+                target_rate=float(t_rate[j]),
+                reference_rate=float(r_rate[j]),
+                direction=passed[f.name] if passed else "none",
+                specific=bool(passed),
+                tested=bool(tested[j]),
+                families=passed,
             )
         )
     out.sort(key=lambda d: (d.q, -abs(d.effect), d.latent))

@@ -11,8 +11,12 @@ Latents (:func:`diff_latents`): the model section's ``specific[<target>]`` rows 
 (checked by id and, where the report records it, by the SAE file's sha256). They are ordered by
 the source cohort's attribution to the scored region (activation x gradient, from predictions,
 no label), so the latents the model relies on come first; the subsets tried are every
-specific latent (at most ``max_latents``, the first by attribution), the top ``top``, and the
-``down`` ones (what the target lost).
+specific latent (at most ``max_latents``, the first by attribution), the top ``top``, the
+``down`` ones (what the target lost), and the latents specific in the scored region's own
+contrast (the report's ``families``: mean activation per labelled SNFH token, target vs source),
+all of them and the ``down`` ones. A whole-brain diff finds what differs between the cohorts (on
+the synthetic ssa cohort: necrotic-core latents); the region contrast finds what differs where
+the model has to see the oedema, which is where a repair has to act.
 
 Edits (:func:`diff_families`), on each subset, with the source statistics measured on the
 source cases (``Ranking.reference``: a latent's code when active where the model predicts the
@@ -28,7 +32,7 @@ region; ``source_mean`` / ``target_mean``: mean code over the predicted-tumour n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +49,7 @@ class DiffGrid:
     top: int = 5
     max_latents: int = 64  # a spec holds at most 256 edits; the diff may name hundreds of latents
     patch_active: tuple[float, ...] = (1.0, 2.0)
-    patch_region: tuple[float, ...] = (1.0, 2.0)
+    patch_region: tuple[float, ...] = (1.0, 2.0, 4.0)  # the blind family's clamp strengths
     add: tuple[float, ...] = (1.0, 2.0, 4.0)
     dilations: tuple[int, ...] = (2, 4, 6)
 
@@ -60,6 +64,7 @@ class DiffLatents:
     sae_id: str
     target: str
     reference: str
+    families: dict[int, dict[str, str]] = field(default_factory=dict)  # latent -> {family: direction}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,7 +74,16 @@ class DiffLatents:
             "reference": self.reference,
             "latents": self.latents,
             "directions": {str(k): v for k, v in self.directions.items()},
+            "families": {str(k): v for k, v in self.families.items()},
         }
+
+    def in_region(self, region: str, direction: str | None = None) -> list[int]:
+        """The latents specific in ``region``'s neighbourhood contrast (optionally in one direction)."""
+        return [
+            j
+            for j in self.latents
+            if region in self.families.get(j, {}) and direction in (None, self.families[j][region])
+        ]
 
 
 def diff_latents(
@@ -113,6 +127,7 @@ def diff_latents(
     return DiffLatents(
         latents=latents,
         directions={int(r["latent"]): str(r.get("direction", "none")) for r in rows},
+        families={int(r["latent"]): dict(r.get("families") or {}) for r in rows},
         report=str(report_path),
         sae_id=sae_id,
         target=target,
@@ -127,15 +142,25 @@ def diff_families(
     source_mean: np.ndarray,
     target_mean: np.ndarray,
     grid: DiffGrid = DiffGrid(),
+    region: str = "SNFH",
 ) -> list[tuple[str, InterventionSpec]]:
     """Named candidate specs over subsets of the diff latents (module docs)."""
-    ordered = sorted(diff.latents, key=lambda j: (-float(attribution[j]), j))[: grid.max_latents]
+
+    def by_attribution(latents: list[int]) -> list[int]:
+        return sorted(latents, key=lambda j: (-float(attribution[j]), j))[: grid.max_latents]
+
+    ordered = by_attribution(diff.latents)
     subsets: dict[str, list[int]] = {"all": ordered}
     if len(ordered) > grid.top:
         subsets[f"top{grid.top}"] = ordered[: grid.top]
     down = [j for j in ordered if diff.directions.get(j) == "down"]
     if down and down != ordered:
         subsets["down"] = down
+    # the latents that differ ON the scored region's labelled tokens (the neighbourhood contrast)
+    for name, lat in ((region, diff.in_region(region)), (f"{region}-down", diff.in_region(region, "down"))):
+        lat = by_attribution(lat)
+        if lat and lat not in subsets.values():
+            subsets[name] = lat
     out: list[tuple[str, InterventionSpec]] = []
     for name, lat in subsets.items():
         if not lat:

@@ -256,6 +256,7 @@ def run_recovery(
         families = diff_families(
             diff, np.mean([p.attribution for p in ps], axis=0), ranking.reference,
             np.mean([p.mean_in for p in ps], axis=0), np.mean([p.mean_in for p in pt], axis=0), cfg.diff_grid,
+            region=cfg.region,
         )  # fmt: skip
     else:
         families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)

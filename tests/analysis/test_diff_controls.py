@@ -1,9 +1,11 @@
 """Diff controls: the null split of one cohort finds nothing; the same test finds a planted effect."""
 
 import numpy as np
+import pytest
 
 from medseglens_core.analysis.diff import CaseLatentStats, CohortStats, DiffCriteria, compare_cohorts
 from medseglens_core.analysis.report import _subset, null_control
+from medseglens_core.errors import InvalidInput
 
 
 def _cohort(rates: np.ndarray) -> CohortStats:
@@ -53,7 +55,51 @@ def test_tumour_contrast_finds_a_latent_whose_whole_brain_rate_hides_it():
     on = [x.latent for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000)) if x.specific]
     off = [
         x
-        for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000, tumour_contrast=False))
+        for x in compare_cohorts(
+            st, "t", "r", DiffCriteria(n_perm=2000, tumour_contrast=False, region_contrasts=())
+        )
         if x.specific
     ]
     assert on == [7] and off == []
+
+
+def _region_pair(seed: int, n: int = 10, d: int = 16):
+    rng = np.random.default_rng(seed)
+    rates = rng.uniform(0.05, 0.1, size=(2, n, d))
+    a, b = _cohort(rates[0]), _cohort(rates[1])
+    for cs in (a, b):
+        cs.region_mass = 10 * rng.uniform(0.9, 1.1, size=(n, d, 4))
+    return a, b
+
+
+def test_region_contrast_finds_a_latent_that_fires_less_on_oedema_only():
+    a, b = _region_pair(4)
+    a.region_mass[:, 9, 2] /= 8.0  # latent 9: an eighth of the activation per SNFH token only
+    st = CaseLatentStats(d_sae=16, cohorts={"t": a, "r": b})
+    found = [x for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000)) if x.specific]
+    assert [x.latent for x in found] == [9]
+    assert found[0].families == {"SNFH": "down"} and found[0].direction == "down"
+    # the pooled tumour contrast dilutes it below the two-fold threshold: only the region finds it
+    only_tumour = DiffCriteria(n_perm=2000, region_contrasts=())
+    assert not [x for x in compare_cohorts(st, "t", "r", only_tumour) if x.specific]
+
+
+def test_region_contrasts_find_nothing_between_two_draws_of_one_population():
+    a, b = _region_pair(5)
+    st = CaseLatentStats(d_sae=16, cohorts={"t": a, "r": b})
+    assert not [x for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000)) if x.specific]
+
+
+def test_region_contrasts_skip_cohorts_without_labels():
+    a, b = _region_pair(6)
+    a.region_mass[:, 9, 2] /= 8.0
+    a.region_tokens = b.region_tokens = None  # unlabelled: no neighbourhood contrast can run
+    st = CaseLatentStats(d_sae=16, cohorts={"t": a, "r": b})
+    assert not [x for x in compare_cohorts(st, "t", "r", DiffCriteria(n_perm=2000)) if x.specific]
+
+
+def test_unknown_region_contrast_is_a_clear_error():
+    a, b = _region_pair(7)
+    st = CaseLatentStats(d_sae=16, cohorts={"t": a, "r": b})
+    with pytest.raises(InvalidInput, match="region contrasts"):
+        compare_cohorts(st, "t", "r", DiffCriteria(region_contrasts=("oedema",)))

@@ -69,3 +69,28 @@ def test_a_diff_naming_hundreds_of_latents_gives_specs_within_the_edit_limit() -
     fams = diff_families(diff, np.arange(n, dtype=float), ones, 2 * ones, ones)
     assert fams and all(len(s.edits) <= 64 for _, s in fams)
     assert {e.latent for e in fams[0][1].edits} == set(range(n - 64, n))  # the top by attribution
+
+
+def test_the_latents_specific_on_the_oedema_tokens_get_their_own_candidate_specs(tmp_path) -> None:
+    import numpy as np
+
+    from medseglens_core.interventions.diffrepair import diff_families
+
+    rows = [{"latent": j, "direction": "up", "families": {"brain": "up"}} for j in range(6)]
+    rows[2]["families"] = {"brain": "up", "SNFH": "down"}
+    rows[4]["families"] = {"SNFH": "down"}
+    rows[5]["families"] = {"SNFH": "up"}
+    diff = diff_latents(_report(tmp_path, rows), "m", "planted", "ssa")
+    assert diff.in_region("SNFH") == [2, 4, 5] and diff.in_region("SNFH", "down") == [2, 4]
+    assert diff.to_json()["families"]["4"] == {"SNFH": "down"}
+    ones = np.ones(6)
+    attribution = np.array([0.0, 0.1, 0.2, 0.3, 0.9, 0.5])
+    fams = dict(diff_families(diff, attribution, ones, 2 * ones, ones))
+    # ordered by attribution, the region subset edits exactly the region's latents
+    assert [e.latent for e in fams["diff-patch TC+4 SNFH b=4.0"].edits] == [4, 5, 2]
+    assert [e.latent for e in fams["diff-add TC+2 SNFH-down a=1.0"].edits] == [4, 2]
+    # a report from before the region contrasts has no families: no region subset
+    old = diff_latents(_report(tmp_path, [{"latent": 1, "direction": "down"}]), "m", "planted", "ssa")
+    assert not any(
+        "SNFH" in name for name, _ in diff_families(old, np.ones(2), np.ones(2), np.ones(2), np.ones(2))
+    )
