@@ -9,6 +9,8 @@
   sha256 matches the card's ``weights_sha256``).
 - :meth:`ModelPool.require_model` / :meth:`ModelPool.require_sae` are the lookups routes use: 404
   for an unknown id, 503 ``zoo-entry-unavailable`` naming the entry and its error for a broken one.
+  :meth:`ModelPool.entry_usable` is the same verdict for job submission (whose worker reads the entry
+  from disk), with entries that appeared after loading checked once per version of their files.
 - ``await pool.run(fn, *args, device=...)`` runs blocking work (inference) in a worker thread, at most
   ``concurrency`` calls at a time per device, so the event loop stays free.
 - ``pool.prefix_cache`` is a byte-bounded LRU of prefix activations keyed by ``(volume_id, model_id)``
@@ -238,6 +240,8 @@ class ModelPool:
         self._model_loader = model_loader
         self._sae_loader = sae_loader
         self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        # check_entry verdicts of entries on disk but not loaded: (kind, id) -> (files stamp, error)
+        self._verdicts: dict[tuple[str, str], tuple[tuple, str | None]] = {}
 
     @staticmethod
     def _entries(root: Path) -> list[Path]:
@@ -304,15 +308,56 @@ class ModelPool:
         if item is not None:
             return item
         broken = self.unavailable.get(f"{kind}:{item_id}")
-        name = "model" if kind == "model" else "SAE"
         if broken is not None:
-            raise ZooEntryUnavailable(
-                f"The {name} {item_id!r} is in the zoo but cannot be used: {broken.error}. "
-                f"Operators: repair or re-copy ZOO/{kind}s/{item_id} and restart; meanwhile pick "
-                f"another from {LISTS[kind]}.",
-                entry=f"{kind}:{item_id}",
-            )
+            raise self._unavailable_error(kind, item_id, broken.error)
+        name = "model" if kind == "model" else "SAE"
         raise ResourceNotFound(f"No {name} {item_id!r}; list them with {LISTS[kind]}.")
+
+    @staticmethod
+    def _unavailable_error(kind: str, item_id: str, error: str) -> ZooEntryUnavailable:
+        name = "model" if kind == "model" else "SAE"
+        return ZooEntryUnavailable(
+            f"The {name} {item_id!r} is in the zoo but cannot be used: {error}. "
+            f"Operators: repair or re-copy ZOO/{kind}s/{item_id} and restart; meanwhile pick "
+            f"another from {LISTS[kind]}.",
+            entry=f"{kind}:{item_id}",
+        )
+
+    def entry_usable(self, kind: str, item_id: str) -> bool:
+        """Whether the zoo entry ``kind`` ("model" or "sae") ``item_id`` can serve a job; blocking.
+
+        For job submission, whose worker loads the entry from disk. True for a resident entry
+        (checked when it was loaded) and False when the zoo has no such entry (no ``card.json``).
+        Raises 503 ``zoo-entry-unavailable``, as :meth:`require_model` does, for an entry the pool
+        recorded as broken, and for one that is on disk but not loaded (published or copied in after
+        the pool loaded) when :func:`check_entry` fails on it. That check hashes the weights, so its
+        verdict is kept per version of the entry's files (name, size, mtime of each) and a request
+        naming an unchanged entry again does not read its weights.
+        """
+        resident = self.models if kind == "model" else self.saes
+        if item_id in resident:
+            return True
+        broken = self.unavailable.get(f"{kind}:{item_id}")
+        if broken is not None:
+            raise self._unavailable_error(kind, item_id, broken.error)
+        path = self.zoo / f"{kind}s" / item_id
+        if not (path / "card.json").is_file():
+            return False
+        try:
+            stamp = tuple(sorted((f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in path.iterdir()))
+        except OSError as exc:
+            raise self._unavailable_error(kind, item_id, f"{type(exc).__name__}: {exc}") from exc
+        cached = self._verdicts.get((kind, item_id))
+        if cached is None or cached[0] != stamp:
+            try:
+                check_entry(kind, path)
+                error = None
+            except _LOAD_ERRORS as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            cached = self._verdicts[(kind, item_id)] = (stamp, error)
+        if cached[1] is not None:
+            raise self._unavailable_error(kind, item_id, cached[1])
+        return True
 
     def _load_one(self, kind: str, path: Path, loader: Loader, target: dict[str, Resident]) -> None:
         item_id = path.name

@@ -89,17 +89,23 @@ IdempotencyKey = Annotated[
 SUBMIT = problem_responses(*problem_statuses([400, 404, 409, 503]))  # 400: a body that is not JSON
 
 
-def _check_zoo(
+async def _check_zoo(
     request: Request, *, models: tuple[str, ...] = (), saes: tuple[str, ...] = (), cohorts=(), split="train"
 ) -> None:
-    """404 unless every model, SAE and cohort folder (``ZOO/data/<split>/<cohort>``) exists."""
+    """404 unless every model, SAE and cohort folder (``ZOO/data/<split>/<cohort>``) exists; 503
+    ``zoo-entry-unavailable`` for a model or SAE whose files are broken (the pool's check,
+    :meth:`~service.pool.ModelPool.entry_usable`), so such a job is never queued."""
+    await anyio.to_thread.run_sync(lambda: _check_zoo_sync(request, models, saes, cohorts, split))
+
+
+def _check_zoo_sync(request: Request, models, saes, cohorts, split: str) -> None:
     zoo = request.app.state.settings.zoo_dir
     pool = request.app.state.pool
     for m in models:
-        if m not in pool.models and not (zoo / "models" / m / "card.json").is_file():
+        if not pool.entry_usable("model", m):
             raise ResourceNotFound(f"No model {m!r} in the zoo; list models with GET /v1/models.")
     for s in saes:
-        if s not in pool.saes and not (zoo / "saes" / s / "card.json").is_file():
+        if not pool.entry_usable("sae", s):
             raise ResourceNotFound(f"No SAE {s!r} in the zoo; list SAEs with GET /v1/saes.")
     root = split_dir(zoo, split)
     for c in cohorts:
@@ -142,7 +148,7 @@ async def create_sae_training_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue SAE training on a zoo model's activations; the SAE appears in GET /v1/saes when done."""
-    _check_zoo(request, models=(body.model_id,), cohorts=tuple(body.cohorts or ()))
+    await _check_zoo(request, models=(body.model_id,), cohorts=tuple(body.cohorts or ()))
     if body.volume_ids:
         _check_volumes(request, body.volume_ids)
     return await _submit(jobs, response, key, JobKind.SAE_TRAINING, body, idem)
@@ -159,7 +165,7 @@ async def create_diff_report_job(
 ) -> JobOut:
     """Queue a cross-dataset diff report of the zoo; it appears in GET /v1/diff-reports when done."""
     # the report reads the held-out cases (data/test), so the source cohort must be there
-    _check_zoo(request, cohorts=(body.source,) if body.source else (), split=HELD_OUT)
+    await _check_zoo(request, cohorts=(body.source,) if body.source else (), split=HELD_OUT)
     return await _submit(jobs, response, key, JobKind.DIFF_REPORT, body, idem)
 
 
@@ -173,17 +179,20 @@ async def create_recovery_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a recovery benchmark; its result is served by GET /v1/jobs/{job_id}/result."""
-    _check_zoo(  # the benchmark reads the held-out cases (data/test), as the task does
+    await _check_zoo(  # the benchmark reads the held-out cases (data/test), as the task does
         request,
         models=(body.model_id,),
         saes=(body.sae_id,) if body.sae_id else (),
         cohorts=(body.target,),
         split=HELD_OUT,
     )
-    if body.sae_id is None and default_sae(request.app.state.settings.zoo_dir, body.model_id) is None:
-        raise ResourceNotFound(
-            f"Model {body.model_id!r} has no main SAE in the zoo; pass 'sae_id' or train one."
-        )
+    if body.sae_id is None:
+        main = default_sae(request.app.state.settings.zoo_dir, body.model_id)
+        if main is None:
+            raise ResourceNotFound(
+                f"Model {body.model_id!r} has no main SAE in the zoo; pass 'sae_id' or train one."
+            )
+        await _check_zoo(request, saes=(main,))  # the SAE the job will read
     return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
 
 
@@ -197,10 +206,14 @@ async def create_recovery_suite_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue the leave-one-shift-out evaluation; its table is served by GET /v1/jobs/{job_id}/result."""
-    _check_zoo(request, models=tuple(body.model_ids or ()))
+    await _check_zoo(request, models=tuple(body.model_ids or ()))
+    mains = []
     for model_id in body.model_ids or ():
-        if default_sae(request.app.state.settings.zoo_dir, model_id) is None:
+        main = default_sae(request.app.state.settings.zoo_dir, model_id)
+        if main is None:
             raise ResourceNotFound(f"Model {model_id!r} has no main SAE in the zoo; train one first.")
+        mains.append(main)
+    await _check_zoo(request, saes=tuple(mains))  # the SAEs the suite will read
     return await _submit(jobs, response, key, JobKind.RECOVERY_SUITE, body, idem)
 
 
