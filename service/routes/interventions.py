@@ -113,7 +113,7 @@ InterventionDep = Annotated[Intervention, Depends(intervention_or_404)]
     "",
     status_code=201,
     response_model=InterventionOut,
-    responses=problem_responses(*problem_statuses((400, 404, 413))),
+    responses=problem_responses(*problem_statuses((400, 404, 413, 503))),  # 503: zoo entry broken
 )
 async def create_intervention(
     _key: InterveneKey,

@@ -119,7 +119,7 @@ SegmentationDep = Annotated[Segmentation, Depends(segmentation_or_404)]
     "",
     status_code=201,
     response_model=SegmentationOut,
-    responses=problem_responses(*problem_statuses((400, 404, 413))),
+    responses=problem_responses(*problem_statuses((400, 404, 413, 503))),  # 503: zoo entry broken
 )
 async def create_segmentation(
     _key: SegmentKey, body: SegmentationCreate, session: SessionDep, storage: StorageDep, pool: PoolDep
