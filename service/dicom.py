@@ -23,10 +23,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
-from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
 from medseglens_core.io.dicom import (
@@ -46,7 +45,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.jsonlimits import loads_bounded
-from service.uploads import multipart_boundary, stream_multipart
+from service.uploads import MultipartReceiver, multipart_boundary, stream_multipart
 
 SOURCE_FILE = "source.json"
 FILE_FIELDS = frozenset({"file", "files"})
@@ -81,98 +80,22 @@ class DicomUpload:
     size: int
 
 
-class _Receiver:
-    """python-multipart callbacks: every ``file``/``files`` part to its own file; small text fields."""
-
-    def __init__(self, dest: Path, max_text: int = 64 * 1024) -> None:
-        self.dest = dest
-        self.max_text = max_text
-        self.parts: list[Path] = []
-        self.fields: dict[str, str] = {}
-        self._hn = b""
-        self._hv = b""
-        self._disp = b""
-        self._name = ""
-        self._fh: IO[bytes] | None = None
-        self._size = 0
-        self._text = bytearray()
-        self.ended = False
-
-    def on_end(self) -> None:
-        self.ended = True
-
-    def on_part_begin(self) -> None:
-        self._disp = b""
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._hn += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._hv += data[start:end]
-
-    def on_header_end(self) -> None:
-        if self._hn.strip().lower() == b"content-disposition":
-            self._disp = self._hv
-        self._hn = self._hv = b""
-
-    def on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._disp)
-        raw = options.get(b"name")
-        if raw is None:
-            raise ServiceError("A multipart part has no name; send the DICOM files as 'file' parts.")
-        name = raw.decode("latin-1")
-        if name not in FILE_FIELDS | TEXT_FIELDS:
-            allowed = ", ".join(sorted(FILE_FIELDS | TEXT_FIELDS))
-            raise InvalidUpload(f"Unknown form field; expected some of {allowed}.")
-        self._name = name
-        if name in FILE_FIELDS:
-            path = self.dest / f"part-{len(self.parts):06d}.bin"
-            self._fh = open(path, "wb")  # noqa: SIM115 - closed in on_part_end/close
-            self._size = 0
-            self.parts.append(path)
-        else:
-            if name in self.fields:
-                raise InvalidUpload(f"Form field {name!r} was sent twice; send it once.")
-            self._text = bytearray()
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        if self._fh is not None:
-            self._fh.write(chunk)
-            self._size += len(chunk)
-        else:
-            if len(self._text) + len(chunk) > self.max_text:
-                raise InvalidUpload(f"Form field {self._name!r} is over {self.max_text} bytes.")
-            self._text.extend(chunk)
-
-    def on_part_end(self) -> None:
-        if self._fh is None:
-            try:
-                self.fields[self._name] = self._text.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidUpload(f"Form field {self._name!r} is not UTF-8 text.") from exc
-            return
-        self._fh.close()
-        self._fh = None
-        if self._size == 0:
-            raise InvalidUpload(f"File part #{len(self.parts)} is empty.")
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
 async def receive_dicom_multipart(request: Request, dest: Path, *, max_bytes: int) -> DicomUpload:
     """Stream a multipart body of ``file`` parts (.dcm files or one zip) into ``dest``; byte-limited."""
     boundary = multipart_boundary(
         request, max_bytes, "Send the DICOM files (or one zip) as multipart/form-data 'file' parts."
     )
-    rx = _Receiver(dest)
+    rx = MultipartReceiver(
+        dest,
+        file_fields=FILE_FIELDS,
+        text_fields=TEXT_FIELDS,
+        hint="send the DICOM files (or one zip) as 'file' parts",
+        repeat_files=True,
+    )
     received = await stream_multipart(request, boundary, rx, max_bytes)
-    if not rx.parts:
+    if not rx.files:
         raise InvalidUpload("No 'file' part: send the study's .dcm files or one zip as 'file' parts.")
-    return DicomUpload(rx.parts, rx.fields, received)
+    return DicomUpload([f.path for f in rx.files], rx.fields, received)
 
 
 def parse_series_map(raw: Any) -> dict[str, str] | None:

@@ -4,6 +4,8 @@ Nothing is held whole in memory: each file part is written to ``<dest>/<role>.pa
 arrive, with a running sha256. The byte limit is enforced twice: ``Content-Length`` is checked before
 a single body byte is read, and the bytes actually received are counted while streaming (for chunked
 bodies or a lying header). Client file names and part headers are never kept, logged or returned.
+:class:`MultipartReceiver` is the one receiver of both uploads: NIfTI (:func:`receive_multipart`,
+one file per role, hashed) and DICOM (``service.dicom.receive_dicom_multipart``, many file parts).
 """
 
 from __future__ import annotations
@@ -53,21 +55,56 @@ def check_content_length(request: Request, max_bytes: int) -> None:
         )
 
 
-class _Receiver:
-    """python-multipart callbacks that route each part to a file on disk or a small text buffer."""
+@dataclass
+class ReceivedFile:
+    """One file part as the receiver left it: its form field, its file, byte count and sha256 (hex;
+    None when not hashed)."""
 
-    def __init__(self, dest: Path, file_fields: frozenset[str], text_fields: frozenset[str], max_text: int):
+    name: str
+    path: Path
+    size: int
+    sha256: str | None
+
+
+class MultipartReceiver:
+    """python-multipart callbacks (for :func:`stream_multipart`): file parts to disk, small text fields.
+
+    Each part named in ``file_fields`` streams to its own file in ``dest`` as its bytes arrive:
+    ``<name>.part``, each field at most once, or, with ``repeat_files``, ``part-NNNNNN.bin`` in
+    arrival order, a field as often as the client sends it. With ``hash_files`` a running sha256 is
+    kept per file. A part named in ``text_fields`` (each at most once) is kept as UTF-8 text of at most
+    ``max_text`` bytes. Any other name, a part without a name, an empty file part, an oversize or
+    non-UTF-8 text field is an error raised while the body streams: 400 for a part without a name,
+    422 ``invalid-upload`` otherwise. ``hint`` ends the messages that say what to send.
+    """
+
+    def __init__(
+        self,
+        dest: Path,
+        *,
+        file_fields: frozenset[str],
+        text_fields: frozenset[str],
+        hint: str,
+        max_text: int = 64 * 1024,
+        hash_files: bool = False,
+        repeat_files: bool = False,
+    ) -> None:
         self.dest = dest
         self.file_fields = file_fields
         self.text_fields = text_fields
+        self.hint = hint
         self.max_text = max_text
-        self.result = ParsedUpload()
+        self.hash_files = hash_files
+        self.repeat_files = repeat_files
+        self.files: list[ReceivedFile] = []
+        self.fields: dict[str, str] = {}
         self._header_name = b""
         self._header_value = b""
         self._disposition = b""
         self._name = ""
+        self._path = dest
         self._fh: IO[bytes] | None = None
-        self._hash = hashlib.sha256()
+        self._hash: Any = None
         self._size = 0
         self._text = bytearray()
         self.ended = False
@@ -95,18 +132,21 @@ class _Receiver:
         _, options = parse_options_header(self._disposition)
         raw_name = options.get(b"name")
         if raw_name is None:
-            raise ServiceError("A multipart part has no name; name each part (t1n, t1c, ...).")
+            raise ServiceError(f"A multipart part has no name; {self.hint}.")
         name = raw_name.decode("latin-1")
         allowed = sorted(self.file_fields | self.text_fields)
         if name not in allowed:
             shown = repr(name) if _SAFE_NAME.match(name) else "with an unexpected name"
             raise InvalidUpload(f"Unknown form field {shown}; expected some of {', '.join(allowed)}.")
-        if name in self.result.files or name in self.result.fields:
+        repeatable = self.repeat_files and name in self.file_fields
+        if not repeatable and (name in self.fields or any(f.name == name for f in self.files)):
             raise InvalidUpload(f"Form field {name!r} was sent twice; send each part once.")
         self._name = name
         if name in self.file_fields:
-            self._fh = open(self.dest / f"{name}.part", "wb")  # noqa: SIM115 - closed in on_part_end/close
-            self._hash = hashlib.sha256()
+            leaf = f"part-{len(self.files):06d}.bin" if self.repeat_files else f"{name}.part"
+            self._path = self.dest / leaf
+            self._fh = open(self._path, "wb")  # noqa: SIM115 - closed in on_part_end/close
+            self._hash = hashlib.sha256() if self.hash_files else None
             self._size = 0
         else:
             self._text = bytearray()
@@ -115,7 +155,8 @@ class _Receiver:
         chunk = data[start:end]
         if self._fh is not None:
             self._fh.write(chunk)
-            self._hash.update(chunk)
+            if self._hash is not None:
+                self._hash.update(chunk)
             self._size += len(chunk)
         else:
             if len(self._text) + len(chunk) > self.max_text:
@@ -125,21 +166,17 @@ class _Receiver:
     def on_part_end(self) -> None:
         if self._fh is None:
             try:
-                self.result.fields[self._name] = self._text.decode("utf-8")
+                self.fields[self._name] = self._text.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InvalidUpload(f"Form field {self._name!r} is not UTF-8 text.") from exc
             return
         self._fh.close()
         self._fh = None
-        part = self.dest / f"{self._name}.part"
         if self._size == 0:
-            raise InvalidUpload(f"File {self._name!r} is empty; send the NIfTI file's bytes.")
-        with open(part, "rb") as fh:
-            gz = fh.read(2) == GZIP_MAGIC
-        # The loader picks gzip by suffix: name the file by its content, never by the client's name.
-        final = self.dest / (f"{self._name}.nii.gz" if gz else f"{self._name}.nii")
-        part.rename(final)
-        self.result.files[self._name] = UploadedFile(self._name, final, self._hash.hexdigest(), self._size)
+            which = f"part #{len(self.files) + 1}" if self.repeat_files else repr(self._name)
+            raise InvalidUpload(f"File {which} is empty; {self.hint}.")
+        digest = self._hash.hexdigest() if self._hash is not None else None
+        self.files.append(ReceivedFile(self._name, self._path, self._size, digest))
 
     def close(self) -> None:
         if self._fh is not None:
@@ -159,14 +196,29 @@ async def receive_multipart(
     """Stream a ``multipart/form-data`` body into ``dest``; raise 415/413/400/422 service errors.
 
     ``dest`` must be a fresh staging directory; on error the caller discards it (partial files stay
-    inside it). File parts land as ``<dest>/<role>.nii.gz`` (gzip magic) or ``<role>.nii``.
+    inside it). File parts (each role once, sha256 kept) land as ``<dest>/<role>.nii.gz`` (gzip magic)
+    or ``<role>.nii``.
     """
     boundary = multipart_boundary(
         request, max_bytes, "Send the upload as multipart/form-data (one part per file)."
     )
-    receiver = _Receiver(dest, file_fields, text_fields, max_text_bytes)
+    receiver = MultipartReceiver(
+        dest,
+        file_fields=file_fields,
+        text_fields=text_fields,
+        hint="send each file as a part named by its role (t1n, t1c, ...)",
+        max_text=max_text_bytes,
+        hash_files=True,
+    )
     await stream_multipart(request, boundary, receiver, max_bytes)
-    return receiver.result
+    result = ParsedUpload(fields=receiver.fields)
+    for part in receiver.files:
+        with open(part.path, "rb") as fh:
+            gz = fh.read(2) == GZIP_MAGIC
+        # The loader picks gzip by suffix: name the file by its content, never by the client's name.
+        final = part.path.rename(dest / (f"{part.name}.nii.gz" if gz else f"{part.name}.nii"))
+        result.files[part.name] = UploadedFile(part.name, final, str(part.sha256), part.size)
+    return result
 
 
 def multipart_boundary(request: Request, max_bytes: int, wrong_type: str) -> bytes:
