@@ -1,18 +1,26 @@
 """Volume inference speed and memory: seconds per volume per model, peak RSS; prints JSON.
 
 Per model and grid: ``pipeline_over_bare_forward`` (``segment_case`` seconds over the bare network
-forward over the same prepared slices and batch size; target <= 1.2 on the 1 mm grid) and
-``stages_s``, each stage timed on its own (load NIfTI, prepare = mask + crop + z-score + resample,
-forward, softmax, undo = resample back + argmax + placement, write NIfTI).
+forward over the same prepared slices and batch size; target <= 1.2 on the 1 mm grid), the same
+ratio in process CPU seconds (``pipeline_over_bare_forward_cpu``: on a shared machine the wall
+ratio swings with the other processes, the CPU ratio much less) and ``stages_s``, each stage timed on its own: ``load_nifti_s`` (read the four files, canonicalise to
+RAS, stack), ``canonicalise_s`` (that reorienting copy into the stack alone), ``prepare_s`` (all of
+``prepare_case`` as ``segment_case`` runs it) and its parts ``mask_crop_s`` (brain mask + crop box),
+``normalise_stats_s`` (the per-modality mean and std inside the mask) and ``zscore_resample_s``
+(z-score, transpose to slices, pad and antialiased resample), ``forward_s``, ``softmax_s``,
+``undo_s`` (resample back + first argmax + placement), ``write_s`` (write the NIfTI label map).
 
 Grids: the 2 mm MNI grid of a synthetic adult case (99x117x95) and a 1 mm BraTS-size grid
 (240x240x155: the 1 mm synthetic case centred and cropped/padded to that shape). Timing covers
 :func:`segment_case` end to end (crop, resample, normalise, slice batches, softmax, back to the
 grid), not model loading. Also reported: process CPU seconds per volume, summed over
 threads (with ``--threads 1`` that is the uncontended single-core time even on a busy machine). Weights do not change the speed: without ``--zoo`` the models are
-freshly initialised with their default configs.
+freshly initialised with their default configs. The in-memory case has the memory order
+``load_case`` gives (axial slices contiguous, as in the NIfTI files; ``--layout c`` for C order,
+as the benchmark used before).
 
     .venv/bin/python benchmarks/inference.py [--zoo ZOO] [--threads 2] [--repeats 3] [--device auto]
+        [--layout loader|c]
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import torch
 BRATS_SHAPE = (240, 240, 155)
 
 
-def _case(resolution: int, shape: tuple[int, int, int] | None = None):
+def _case(resolution: int, shape: tuple[int, int, int] | None = None, layout: str = "loader"):
     from medseglens_core.data.synthetic import COHORTS, generate_case
     from medseglens_core.io import MODALITIES, Case, Geometry
 
@@ -49,6 +57,10 @@ def _case(resolution: int, shape: tuple[int, int, int] | None = None):
         out_img[(slice(None), *dst)] = image[(slice(None), *src)]
         out_lab[tuple(dst)] = label[tuple(src)]
         image, label = out_img, out_lab
+    if layout == "loader":  # load_case's memory order: (4, Z, Y, X) in memory, viewed as (4, X, Y, Z)
+        stack = np.empty(image.shape[:1] + image.shape[:0:-1], np.float32).transpose(0, 3, 2, 1)
+        stack[...] = image
+        image = stack
     affine = np.diag([float(resolution)] * 3 + [1.0])
     return Case(f"bench-{resolution}mm", image, label, Geometry.from_affine(affine, image.shape[1:]), "adult")
 
@@ -79,8 +91,12 @@ def _time(model, case, device: str, repeats: int, batch_size: int) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     stages = _stages(model, case, device, repeats, batch_size)
+    forward_cpu = stages.pop("forward_cpu_s")
     return {
         "pipeline_over_bare_forward": round(min(times) / stages["forward_s"], 3),
+        # the same ratio in process CPU seconds: not inflated by other processes on the machine
+        "pipeline_over_bare_forward_cpu": round(min(cpu) / forward_cpu, 3),
+        "forward_cpu_s": forward_cpu,
         "stages_s": stages,
         "seconds_per_volume": round(min(times), 3),
         "seconds_all": [round(t, 3) for t in times],
@@ -106,15 +122,20 @@ def _stages(model, case, device: str, repeats: int, batch_size: int) -> dict:
     dev = resolve_device(device)
     model.to(dev).eval()
 
-    def best(fn):
+    cpu: dict[str, float] = {}
+
+    def best(fn, name: str | None = None):
         fn()
-        out = []
+        out, out_cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             out.append(time.perf_counter() - t0)
+            out_cpu.append(time.process_time() - c0)
+        if name:
+            cpu[name] = round(min(out_cpu), 4)
         return round(min(out), 4)
 
     prepared = prepare_case(case, model.cfg.input_size)
@@ -136,15 +157,47 @@ def _stages(model, case, device: str, repeats: int, batch_size: int) -> dict:
         folder.mkdir()
         for i, m in enumerate(MODALITIES):  # BraTS 2023 names, on the case's grid
             write_volume(case.image[i], case.geometry, folder / f"{case.case_id}-{m}.nii.gz")
+        size = model.cfg.input_size
         out = {
             "load_nifti_s": best(lambda: load_case(folder)),
-            "prepare_s": best(lambda: prepare_case(case, model.cfg.input_size)),
-            "forward_s": best(forward),
+            "canonicalise_s": best(lambda: _canonicalise(case)),
+            "prepare_s": best(lambda: prepare_case(case, size, with_labels=False)),
+            **_prepare_parts(case, size, best),
+            "forward_s": best(forward, "forward_cpu_s"),
             "softmax_s": best(lambda: torch.softmax(logits, dim=1)),
             "undo_s": best(lambda: prepared.argmax_to_case_grid(probs)),
             "write_s": best(lambda: write_label_map(labels, case.geometry, Path(tmp) / "seg.nii.gz")),
         }
-    return out
+    return {**out, **cpu}
+
+
+def _canonicalise(case) -> np.ndarray:
+    """The reorienting copy of ``load_case``: each modality into a stack in the files' order."""
+    import nibabel as nib
+
+    x, y, z = case.geometry.shape
+    stack = np.empty((case.image.shape[0], z, y, x), dtype=np.float32).transpose(0, 3, 2, 1)
+    for i in range(case.image.shape[0]):
+        stack[i] = nib.orientations.apply_orientation(case.image[i], case.geometry.ornt)
+    return stack
+
+
+def _prepare_parts(case, size: int, best) -> dict:
+    """``prepare_case``'s parts, each timed on its own over the same case."""
+    from medseglens_core.data import preprocess as pp
+
+    image, spacing = case.image, case.geometry.spacing
+    mask = pp.brain_mask(image)
+    x0, x1, y0, y1, z0, z1 = box = pp.crop_box(mask, spacing, pp.DEFAULT_MARGIN_MM)
+    crop, cmask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
+    stats = [pp.masked_stats(crop[c], cmask) for c in range(crop.shape[0])]
+    pad, padded = pp._square_pad(x1 - x0, y1 - y0, spacing[0], spacing[1])
+    assert box == pp.prepare_case(case, size, with_labels=False).record.crop
+    return {
+        "mask_crop_s": best(lambda: pp.crop_box(pp.brain_mask(image), spacing, pp.DEFAULT_MARGIN_MM)),
+        "normalise_stats_s": best(lambda: [pp.masked_stats(crop[c], cmask) for c in range(crop.shape[0])]),
+        "zscore_resample_s": best(lambda: pp._normalised_slices(crop, cmask, stats, pad, padded, size)),
+    }
 
 
 def main() -> None:
@@ -156,10 +209,19 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument(
+        "--layout",
+        choices=("loader", "c"),
+        default="loader",
+        help="memory order of the in-memory case: load_case's (default) or C order",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = {"2mm_mni": _case(2), "1mm_brats_240x240x155": _case(1, BRATS_SHAPE)}
+    cases = {
+        "2mm_mni": _case(2, layout=args.layout),
+        "1mm_brats_240x240x155": _case(1, BRATS_SHAPE, layout=args.layout),
+    }
     results = {}
     for name, model in _models(args.zoo):
         results[name] = {
@@ -177,6 +239,7 @@ def main() -> None:
         else f"cpu ({platform.processor() or platform.machine()})",
         "torch_threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
+        "layout": args.layout,
         "grids": {k: list(v.image.shape[1:]) for k, v in cases.items()},
         "models": results,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

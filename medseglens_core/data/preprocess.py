@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from medseglens_core.errors import InvalidInput
 
 DEFAULT_MARGIN_MM = 4.0
+_ZSCORE_BLOCK = 1 << 19  # voxels z-scored at a time (4 MB of float64)
 
 
 class EmptyBrainMask(InvalidInput):
@@ -113,7 +114,10 @@ class PreparedCase:
 
         Exactly the labels of ``to_case_grid(probs).argmax(0)`` (same per-slice bilinear resampling,
         first maximum on ties), without materialising the ``(C, X, Y, Z)`` float grid: slices are
-        resampled ``chunk`` at a time and reduced to labels in torch.
+        resampled ``chunk`` at a time and reduced to labels in torch. A slice whose every pixel has
+        class 0 as its (first) maximum is all background after resampling too (bilinear weights are
+        non-negative and each rounded step is monotone, so class 0 stays >= every other class), so
+        only the other slices are resampled.
         """
         rec = self.record
         probs = torch.as_tensor(slice_probs)
@@ -123,17 +127,29 @@ class PreparedCase:
             )
         x0, x1, y0, y1, z0, z1 = rec.crop
         px0, _, py0, _ = rec.pad
-        inside = np.empty((z1 - z0, x1 - x0, y1 - y0), dtype=np.uint8)
+        inside = np.zeros((z1 - z0, x1 - x0, y1 - y0), dtype=np.uint8)
+        brain = self.brain_mask[x0:x1, y0:y1, z0:z1]
+        rows, cols = brain.any(axis=1), brain.any(axis=0)  # (cx, Z'), (cy, Z')
         with torch.inference_mode():
-            for s in range(0, probs.shape[0], chunk):
-                maps = probs[s : s + chunk].float()
+            # slices where some class beats class 0 somewhere (strictly: ties go to class 0)
+            todo = torch.gt(probs[:, 1:].amax(dim=1), probs[:, 0]).flatten(1).any(dim=1)
+            todo = torch.nonzero(todo).flatten()
+            for s in range(0, todo.numel(), chunk):
+                idx = todo[s : s + chunk]
+                maps = probs[idx].float()
                 if tuple(maps.shape[-2:]) != rec.padded_shape:
                     maps = F.interpolate(maps, size=rec.padded_shape, mode="bilinear", align_corners=False)
-                maps = maps[:, :, px0 : px0 + x1 - x0, py0 : py0 + y1 - y0]
-                inside[s : s + maps.shape[0]] = first_argmax(maps).numpy()
+                ii = idx.numpy()
+                xs, ys = np.flatnonzero(rows[:, ii].any(axis=1)), np.flatnonzero(cols[:, ii].any(axis=1))
+                if xs.size == 0:
+                    continue
+                r0, r1, c0, c1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
+                maps = maps[:, :, px0 + r0 : px0 + r1, py0 + c0 : py0 + c1]  # the brain's box
+                inside[ii, r0:r1, c0:c1] = first_argmax(maps).numpy()
         out = np.zeros(rec.case_shape, dtype=np.uint8)
-        out[x0:x1, y0:y1, z0:z1] = inside.transpose(1, 2, 0)
-        out[~self.brain_mask] = 0
+        box = out[x0:x1, y0:y1, z0:z1]
+        box[...] = inside.transpose(1, 2, 0)
+        np.multiply(box, self.brain_mask[x0:x1, y0:y1, z0:z1], out=box)  # 0 outside the brain
         return out
 
     def labels_to_case_grid(self, slice_labels: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -154,19 +170,33 @@ class PreparedCase:
 
 def first_argmax(maps: torch.Tensor) -> torch.Tensor:
     """``(N, h, w)`` uint8 index of the largest of the ``C`` channels of ``maps`` ``(N, C, h, w)``,
-    the first one on ties (as ``argmax``). A running strict comparison over the few channels: torch's
-    ``argmax(dim=1)`` over NCHW is ~30x slower on the CPU. Probabilities have no NaN."""
-    best = maps[:, 0]
+    the first one on ties (as ``argmax``). Comparisons over the few channels: torch's
+    ``argmax(dim=1)`` over NCHW is ~30x slower on the CPU. Probabilities have no NaN.
+
+    With 4 classes, a two-level tree: the first maximum of (0, 1), that of (2, 3), and the pair
+    (2, 3) only where its maximum is strictly larger, which is the first maximum of all four.
+    """
+    if maps.shape[1] == 4:
+        p0, p1, p2, p3 = maps.unbind(1)
+        low = torch.gt(p1, p0).view(torch.uint8)
+        high = torch.gt(p3, p2).view(torch.uint8).add_(2)
+        return torch.where(torch.gt(torch.maximum(p2, p3), torch.maximum(p0, p1)), high, low)
+    best = maps[:, 0].contiguous()
     out = torch.zeros(best.shape, dtype=torch.uint8)
     for c in range(1, maps.shape[1]):
         out.masked_fill_(maps[:, c] > best, c)
-        best = torch.maximum(best, maps[:, c])
+        if c + 1 < maps.shape[1]:
+            torch.maximum(best, maps[:, c], out=best)
     return out
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
     """``(X, Y, Z)`` bool: voxels where any modality of ``image`` ``(4, X, Y, Z)`` is nonzero."""
-    return np.any(image != 0, axis=0)
+    mask = np.not_equal(image[0], 0)
+    tmp = np.empty_like(mask)
+    for c in range(1, image.shape[0]):  # one channel at a time: no (4, X, Y, Z) bool temporary
+        mask |= np.not_equal(image[c], 0, out=tmp)
+    return mask
 
 
 def crop_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float) -> tuple[int, ...]:
@@ -184,14 +214,25 @@ def crop_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: f
     return tuple(box)
 
 
+def masked_stats(channel: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """``(mean, std)`` of ``channel[mask]`` in float64, bit for bit ``np.mean`` and ``np.std`` of
+    ``channel[mask].astype(np.float64)`` (the same pairwise sums over the same order), with one
+    float64 buffer instead of numpy's four temporaries; std is 1.0 where it is below 1e-8."""
+    vals = channel[mask].astype(np.float64)
+    n = vals.size
+    mean = float(np.add.reduce(vals) / n)
+    np.subtract(vals, mean, out=vals)
+    std = math.sqrt(float(np.add.reduce(np.multiply(vals, vals, out=vals)) / n))
+    return mean, (std if std > 1e-8 else 1.0)
+
+
 def zscore(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
     """Z-score each channel of ``image`` ``(C, ...)`` inside ``mask``; 0 outside. Returns (out, mean, std)."""
     out = np.zeros(image.shape, dtype=np.float32)
     means, stds = [], []
     for c in range(image.shape[0]):
+        mean, std = masked_stats(image[c], mask)
         vals = image[c][mask].astype(np.float64)
-        mean, std = float(vals.mean()), float(vals.std())
-        std = std if std > 1e-8 else 1.0
         out[c][mask] = ((vals - mean) / std).astype(np.float32)
         means.append(mean)
         stds.append(std)
@@ -205,13 +246,16 @@ def _square_pad(cx: int, cy: int, sx: float, sy: float) -> tuple[tuple[int, int,
     return pad, (nx, ny)
 
 
-def prepare_case(case, input_size: int, *, margin_mm: float = DEFAULT_MARGIN_MM) -> PreparedCase:
+def prepare_case(
+    case, input_size: int, *, margin_mm: float = DEFAULT_MARGIN_MM, with_labels: bool = True
+) -> PreparedCase:
     """Run the forward chain on ``case`` (a :class:`~medseglens_core.io.case.Case`).
 
     Args:
         case: ``image`` (4, X, Y, Z) RAS, ``label`` (X, Y, Z) or None, ``geometry.spacing`` (mm).
         input_size: side of the model's square slices, pixels (the model card's input size).
         margin_mm: in-plane margin around the brain's bounding box, mm (default 4).
+        with_labels: also resample ``case.label`` (False: ``labels`` is None, e.g. for inference).
     """
     if input_size < 8:
         raise InvalidInput(f"input_size must be at least 8 pixels, got {input_size}")
@@ -219,14 +263,14 @@ def prepare_case(case, input_size: int, *, margin_mm: float = DEFAULT_MARGIN_MM)
     spacing = tuple(float(s) for s in case.geometry.spacing)
     mask = brain_mask(image)
     x0, x1, y0, y1, z0, z1 = box = crop_box(mask, spacing, margin_mm)
-    cropped, mean, std = zscore(image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1])
+    crop, crop_mask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
+    stats = [masked_stats(crop[c], crop_mask) for c in range(crop.shape[0])]
+    mean, std = tuple(m for m, _ in stats), tuple(s for _, s in stats)
     pad, padded = _square_pad(x1 - x0, y1 - y0, spacing[0], spacing[1])
-    size = (input_size, input_size)
-    # (4, cx, cy, Z') -> (Z', 4, nx, ny) -> (Z', 4, S, S)
-    slices = F.pad(torch.from_numpy(cropped).permute(3, 0, 1, 2), (pad[2], pad[3], pad[0], pad[1]))
-    slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False, antialias=True)
+    slices = _normalised_slices(crop, crop_mask, stats, pad, padded, input_size)
     labels = None
-    if case.label is not None:
+    if with_labels and case.label is not None:
+        size = (input_size, input_size)
         lab = torch.from_numpy(np.ascontiguousarray(case.label[x0:x1, y0:y1, z0:z1], dtype=np.float32))
         lab = F.pad(lab.permute(2, 0, 1)[:, None], (pad[2], pad[3], pad[0], pad[1]))
         labels = F.interpolate(lab, size=size, mode="nearest-exact")[:, 0].to(torch.uint8)
@@ -241,4 +285,62 @@ def prepare_case(case, input_size: int, *, margin_mm: float = DEFAULT_MARGIN_MM)
         std=std,
         pixel_mm=padded[0] * spacing[0] / input_size,
     )
-    return PreparedCase(slices=slices.contiguous(), labels=labels, brain_mask=mask, record=record)
+    return PreparedCase(slices=slices, labels=labels, brain_mask=mask, record=record)
+
+
+def _normalised_slices(crop, crop_mask, stats, pad, padded, input_size: int, chunk: int = 16) -> torch.Tensor:
+    """Steps 3-5 for the cropped image ``(4, cx, cy, Z')``: ``(Z', 4, S, S)`` float32.
+
+    Bit for bit ``interpolate(pad(zscore(crop)))`` of the straightforward chain, cheaper:
+
+    * each channel is z-scored in its own memory order, a few rows at a time (the float64
+      ``float32((float64(v) - mean) / std)`` of :func:`zscore` inside the mask, 0 outside), so
+      there is no full-volume float64 array;
+    * ``chunk`` axial slices at a time are transposed into small reused buffers (the allocator
+      keeps them from one chunk and case to the next; a padded copy of the volume would be
+      page-faulted in afresh each time);
+    * the antialiased resampling is torch's two separable passes called one at a time (the same
+      kernels in the same order as one call): along y only on the rows that hold brain in the
+      chunk (the padding rows and the rows outside the brain are 0 and give 0), then along x.
+    """
+    n_ch, cx, cy, nz = crop.shape
+    px0, py0 = pad[0], pad[2]
+    # blocks along the axis that is slowest in memory (x for C order, z for the loaders' F order)
+    axis = int(np.argmax(crop.strides[1:]))
+    step = max(1, _ZSCORE_BLOCK * crop.shape[1 + axis] // (cx * cy * nz))
+    outside = ~crop_mask
+    normed = []
+    for c, (mean, std) in enumerate(stats):
+        z = np.empty_like(crop[c])  # the input's memory order
+        for b in range(0, crop.shape[1 + axis], step):
+            sl = (slice(None),) * axis + (slice(b, b + step),)
+            t = np.subtract(crop[c][sl], np.float64(mean), dtype=np.float64)
+            np.divide(t, np.float64(std), out=t)
+            np.copyto(t, 0.0, where=outside[sl])
+            z[sl] = t  # rounds to float32 as astype
+        normed.append(z)
+    # Resampling = torch's two separable passes, called one at a time (bit for bit the one call):
+    # along y on the rows of each chunk that hold brain (other rows are 0 and stay 0), then along x.
+    size, kw = input_size, {"mode": "bilinear", "align_corners": False, "antialias": True}
+    nx, ny = padded
+    rows_with_brain = crop_mask.any(axis=1)  # (cx, Z')
+    out = torch.empty((nz, n_ch, size, size), dtype=torch.float32)
+    h_in = np.zeros(min(chunk, nz) * n_ch * cx * ny, dtype=np.float32)
+    h_out = torch.zeros((min(chunk, nz), n_ch, nx, size), dtype=torch.float32)
+    with torch.inference_mode():
+        for s in range(0, nz, chunk):
+            k = min(chunk, nz - s)
+            xs = np.flatnonzero(rows_with_brain[:, s : s + k].any(axis=1))
+            if xs.size == 0:  # slices without brain inside the z range: all 0, as resampled
+                out[s : s + k] = 0.0
+                continue
+            r0, r1 = int(xs[0]), int(xs[-1]) + 1
+            h = h_in[: k * n_ch * (r1 - r0) * ny].reshape(k, n_ch, r1 - r0, ny)
+            h[..., :py0] = 0.0
+            h[..., py0 + cy :] = 0.0
+            for c in range(n_ch):
+                h[:, c, :, py0 : py0 + cy] = normed[c][r0:r1, :, s : s + k].transpose(2, 0, 1)
+            h_out[:k].zero_()
+            h_out[:k, :, px0 + r0 : px0 + r1] = F.interpolate(torch.from_numpy(h), size=(r1 - r0, size), **kw)
+            out[s : s + k] = F.interpolate(h_out[:k], size=(size, size), **kw)
+    return out

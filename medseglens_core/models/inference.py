@@ -27,7 +27,8 @@ class Segmentation:
     Attributes:
         labels: ``(X, Y, Z)`` uint8 on the case's RAS grid, BraTS 2023 labels 0..3.
         probs: ``(4, X, Y, Z)`` float32 class probabilities on the case grid, or None.
-        prepared: the preprocessed case (slices and the record that inverts them).
+        prepared: the preprocessed case (slices and the record that inverts them; its ``labels``
+            are None: inference does not resample the case's reference labels).
     """
 
     labels: np.ndarray
@@ -108,7 +109,7 @@ def segment_case(
         return_probs: also return the ``(4, X, Y, Z)`` class probabilities.
     """
     model.to(resolve_device(device))
-    prepared = prepare_case(case, model.cfg.input_size)
+    prepared = prepare_case(case, model.cfg.input_size, with_labels=False)
     probs = predict_slices(model, prepared.slices, batch_size=batch_size)
     if not return_probs:  # the same labels without the (4, X, Y, Z) float grid
         return Segmentation(labels=prepared.argmax_to_case_grid(probs), probs=None, prepared=prepared)

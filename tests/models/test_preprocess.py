@@ -75,3 +75,151 @@ def test_argmax_to_case_grid_equals_the_probability_grid_argmax(input_size):
     assert fast.dtype == np.uint8 and np.array_equal(fast, probs_to_labels(prep, probs)[0])
     assert torch.equal(first_argmax(probs), probs.argmax(dim=1).to(torch.uint8))
     assert (fast[~prep.brain_mask] == 0).all()
+
+
+# --- the fast chain against the straightforward one it replaced, bit for bit ---------------------
+
+
+def _reference_prepare(case, input_size: int, margin_mm: float = 4.0):
+    """The chain as first written: full-volume mask, float64 z-score, padded permuted copy, one
+    antialiased interpolate (the definition the faster prepare_case must reproduce exactly)."""
+    import math
+
+    import torch.nn.functional as F
+
+    image = np.asarray(case.image)
+    spacing = tuple(float(s) for s in case.geometry.spacing)
+    mask = np.any(image != 0, axis=0)
+    box = []
+    for axis in range(3):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        grow = int(math.ceil(margin_mm / spacing[axis])) if axis < 2 else 0
+        box += [max(int(idx[0]) - grow, 0), min(int(idx[-1]) + 1 + grow, mask.shape[axis])]
+    x0, x1, y0, y1, z0, z1 = box
+    crop, cmask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
+    normed = np.zeros(crop.shape, dtype=np.float32)
+    means, stds = [], []
+    for c in range(crop.shape[0]):
+        vals = crop[c][cmask].astype(np.float64)
+        mean, std = float(vals.mean()), float(vals.std())
+        std = std if std > 1e-8 else 1.0
+        normed[c][cmask] = ((vals - mean) / std).astype(np.float32)
+        means.append(mean)
+        stds.append(std)
+    cx, cy = x1 - x0, y1 - y0
+    side = max(cx * spacing[0], cy * spacing[1])
+    nx, ny = max(cx, round(side / spacing[0])), max(cy, round(side / spacing[1]))
+    pad = ((nx - cx) // 2, nx - cx - (nx - cx) // 2, (ny - cy) // 2, ny - cy - (ny - cy) // 2)
+    size = (input_size, input_size)
+    slices = F.pad(torch.from_numpy(normed).permute(3, 0, 1, 2), (pad[2], pad[3], pad[0], pad[1]))
+    slices = F.interpolate(slices, size=size, mode="bilinear", align_corners=False, antialias=True)
+    lab = torch.from_numpy(np.ascontiguousarray(case.label[x0:x1, y0:y1, z0:z1], dtype=np.float32))
+    lab = F.pad(lab.permute(2, 0, 1)[:, None], (pad[2], pad[3], pad[0], pad[1]))
+    labels = F.interpolate(lab, size=size, mode="nearest-exact")[:, 0].to(torch.uint8)
+    return slices, labels, mask, tuple(box), pad, (nx, ny), tuple(means), tuple(stds)
+
+
+def _irregular_case(shape, spacing, seed: int, gap_slice: bool = False) -> Case:
+    """An off-centre ellipsoid 'brain' with holes, channels zero on different voxels (the mask is
+    their union), intensities on different scales per channel; optionally an empty axial slice
+    inside the brain's z range."""
+    rng = np.random.default_rng(seed)
+    X, Y, Z = shape
+    xx, yy, zz = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    brain = ((xx - 0.15) / 0.7) ** 2 + ((yy + 0.1) / 0.55) ** 2 + (zz / 0.8) ** 2 < 1
+    brain &= rng.random(shape) > 0.05
+    if gap_slice:
+        brain[:, :, Z // 2] = False
+    image = np.zeros((4, *shape), np.float32)
+    for c in range(4):
+        vals = rng.normal(300.0 * (c + 1), 40.0 * (c + 1), shape).astype(np.float32)
+        keep = brain & (rng.random(shape) > 0.2)
+        image[c][keep] = vals[keep]
+    label = np.where(brain, rng.integers(0, 4, shape), 0).astype(np.uint8)
+    geometry = Geometry.from_affine(np.diag([*spacing, 1.0]), shape)
+    return Case(f"irr{seed}", image, label, geometry)
+
+
+IRREGULAR = [
+    ((41, 33, 37), (1.0, 1.0, 1.0), 24, False),  # odd shape, several z chunks, pad in x
+    ((37, 45, 23), (1.2, 0.9, 3.0), 17, True),  # anisotropic, odd model size, an empty slice
+    ((30, 52, 35), (2.0, 1.0, 1.0), 32, False),  # x mm > y mm: padding in y
+    ((19, 23, 40), (1.0, 1.0, 2.5), 64, True),  # crop smaller than the model size: upsampling
+]
+
+
+def _loader_order(case: Case) -> Case:
+    """The same case in ``load_case``'s memory order: (4, Z, Y, X) in memory, viewed as (4, X, Y, Z)."""
+    stack = np.empty(case.image.shape[:1] + case.image.shape[:0:-1], np.float32).transpose(0, 3, 2, 1)
+    stack[...] = case.image
+    return Case(case.case_id, stack, case.label, case.geometry)
+
+
+@pytest.mark.parametrize("layout", ["c", "loader"])
+@pytest.mark.parametrize(("shape", "spacing", "size", "gap"), IRREGULAR)
+def test_prepare_case_is_bit_identical_to_the_straightforward_chain(
+    shape, spacing, size, gap, layout, monkeypatch
+):
+    import medseglens_core.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "_ZSCORE_BLOCK", 700)  # many z-score blocks, a partial last one
+    case = _irregular_case(shape, spacing, seed=sum(shape), gap_slice=gap)
+    if layout == "loader":
+        case = _loader_order(case)
+        assert case.image[0].flags.f_contiguous
+    slices, labels, mask, box, pad, padded, mean, std = _reference_prepare(case, size)
+    prep = prepare_case(case, size)
+    rec = prep.record
+    assert (rec.crop, rec.pad, rec.padded_shape, rec.mean, rec.std) == (box, pad, padded, mean, std)
+    assert np.array_equal(prep.brain_mask, mask)
+    assert prep.slices.dtype == torch.float32 and prep.slices.is_contiguous()
+    assert prep.slices.numpy().tobytes() == slices.numpy().tobytes()  # bit for bit, signs of 0 too
+    assert torch.equal(prep.labels, labels)
+    assert prepare_case(case, size, with_labels=False).labels is None
+
+
+@pytest.mark.parametrize(("shape", "spacing", "size", "gap"), IRREGULAR)
+def test_argmax_to_case_grid_matches_the_full_grid_on_irregular_cases(shape, spacing, size, gap):
+    """Skipped all-background slices, the brain's box per chunk and the 4-class argmax tree give
+    the labels of the full (4, X, Y, Z) probability grid's first argmax inside the brain."""
+    case = _irregular_case(shape, spacing, seed=sum(shape) + 1, gap_slice=gap)
+    prep = prepare_case(case, size)
+    g = torch.Generator().manual_seed(len(shape) + size)
+    logits = torch.randn((prep.slices.shape[0], 4, size, size), generator=g)
+    logits[::3, 0] += 20.0  # every third slice background everywhere: skipped
+    logits[1::3, 3] = logits[1::3, 0] + (logits[1::3, 0] > 0) * 20.0  # ties with class 0 and wins
+    logits[:, 2] = torch.where(logits[:, 1] > 0, logits[:, 1], logits[:, 2])  # ties 1 vs 2
+    probs = torch.softmax(logits, dim=1)
+    probs[2::3, 3] = probs[2::3, 0]  # exact ties with class 0 on whole slices: class 0 wins
+    grid = prep.to_case_grid(probs)
+    x0, x1, y0, y1, z0, z1 = prep.record.crop
+    want = np.zeros(prep.record.case_shape, np.uint8)
+    want[x0:x1, y0:y1, z0:z1] = grid[:, x0:x1, y0:y1, z0:z1].argmax(axis=0)
+    want[~prep.brain_mask] = 0
+    for chunk in (16, 2):
+        assert np.array_equal(prep.argmax_to_case_grid(probs, chunk=chunk), want)
+    assert np.array_equal(prep.argmax_to_case_grid(probs.double()), want)
+
+
+def test_masked_stats_is_numpys_mean_and_std_bit_for_bit():
+    from medseglens_core.data.preprocess import masked_stats
+
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 1000, 100_003):
+        channel = rng.normal(500.0, 120.0, (n, 3)).astype(np.float32)
+        mask = rng.random((n, 3)) > 0.3
+        mask[0, 0] = True
+        vals = channel[mask].astype(np.float64)
+        assert masked_stats(channel, mask) == (float(vals.mean()), float(vals.std()) or 1.0)
+    assert masked_stats(np.full((4, 4), 7.0, np.float32), np.ones((4, 4), bool)) == (7.0, 1.0)
+
+
+def test_brain_mask_and_first_argmax_match_their_definitions():
+    from medseglens_core.data.preprocess import brain_mask, first_argmax
+
+    rng = np.random.default_rng(5)
+    image = np.where(rng.random((4, 9, 8, 7)) > 0.8, rng.normal(size=(4, 9, 8, 7)), 0).astype(np.float32)
+    assert np.array_equal(brain_mask(image), np.any(image != 0, axis=0))
+    for classes in (2, 3, 4, 5):
+        maps = torch.from_numpy(rng.integers(0, 3, (6, classes, 5, 4)).astype(np.float32))  # many ties
+        assert torch.equal(first_argmax(maps), maps.argmax(dim=1).to(torch.uint8))
