@@ -92,10 +92,10 @@ class ZooConfig:
     seed: int = 0
     splits: dict[str, dict[str, int]] = field(
         default_factory=lambda: {
-            "adult": {"train": 24, "val": 4, "test": 10},
-            "pediatric": {"train": 6, "test": 10},
-            "ssa": {"train": 6, "test": 10},
-            "healthy": {"train": 4, "test": 10},
+            "adult": {"train": 24, "val": 4, "test": 20},
+            "pediatric": {"train": 6, "test": 20},
+            "ssa": {"train": 6, "test": 20},
+            "healthy": {"train": 4, "test": 20},
         }
     )
     models: tuple[ZooModelSpec, ...] = (

@@ -7,7 +7,8 @@ JSON schema (``schema_version`` 1; documented also in docs/diff-report.md)::
       "created": "2026-01-01T00:00:00+00:00",     # UTC, ISO 8601
       "source_cohort": "adult",                   # reference cohort of the tests
       "criteria": {"alpha", "min_rank_biserial", "min_log2_ratio", "metric", "test",
-                   "min_pooled_rate", "log_eps", "n_perm", "min_rate"},
+                   "min_pooled_rate", "log_eps", "n_perm", "tumour_contrast",
+                   "region_contrasts", "min_rate"},
       "cohorts": {"<cohort>": {"n_cases": int, "case_ids": [str]}},
       "models": {
         "<model_id>": {
@@ -16,7 +17,8 @@ JSON schema (``schema_version`` 1; documented also in docs/diff-report.md)::
           "counts": {"<cohort>": {"reference": str | [str], "shared": int, "specific": int,
                                   "specific_up": int, "specific_down": int}},
           "specific": {"<cohort>": [{"latent", "p", "q", "effect", "log2_ratio", "target_rate",
-                                     "reference_rate", "direction", "region"}]},
+                                     "reference_rate", "direction", "region",
+                                     "families": {"<family>": "up" | "down"}}]},
           "reliance": {"<region>": {"<cohort>": [{"latent": int, "attribution": float}]}},
           "cohort_sae_alignment": [{"cohort_a", "cohort_b", "threshold", "fraction_above", "n_pairs"}],
           "ood": {"calibrated": bool, "cohorts": {"<cohort>": {"n_cases", "n_flagged",
@@ -279,7 +281,7 @@ def build_diff_report(
     out_dir: Path | str,
     *,
     source: str | None = None,
-    max_cases_per_cohort: int = 10,
+    max_cases_per_cohort: int = 20,
     criteria: DiffCriteria = DiffCriteria(),
     regions: tuple[str, ...] = ("SNFH",),
     min_rate: float = 1e-3,

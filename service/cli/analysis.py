@@ -20,7 +20,7 @@ def diff(
     source: str | None = typer.Option(
         None, "--source", help="Reference cohort (default: the models' training cohort)."
     ),
-    max_cases: int = typer.Option(10, "--max-cases", min=2, help="Cases per cohort (first by folder name)."),
+    max_cases: int = typer.Option(20, "--max-cases", min=2, help="Cases per cohort (first by folder name)."),
     regions: str = typer.Option(
         "SNFH", "--regions", help="Comma-separated regions for attribution (NCR,SNFH,ET)."
     ),

@@ -51,7 +51,7 @@ class DiffReportRequest(_Request):
     """Diff every zoo model that has an SAE across the cohorts under ``ZOO/data/test`` (case-level, BH)."""
 
     source: ZooName | None = Field(default=None, description="Training cohort; null -> from the model cards.")
-    max_cases_per_cohort: int = Field(default=10, ge=1, le=500)
+    max_cases_per_cohort: int = Field(default=20, ge=1, le=500)
     n_perm: int = Field(
         default=500, ge=10, le=10000, description="Permutations of the cross-architecture null."
     )

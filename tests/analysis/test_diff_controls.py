@@ -103,3 +103,22 @@ def test_unknown_region_contrast_is_a_clear_error():
     st = CaseLatentStats(d_sae=16, cohorts={"t": a, "r": b})
     with pytest.raises(InvalidInput, match="region contrasts"):
         compare_cohorts(st, "t", "r", DiffCriteria(region_contrasts=("oedema",)))
+
+
+def test_one_benjamini_hochberg_runs_over_every_family_and_latent():
+    from medseglens_core.analysis.diff import _decide, _Family
+
+    def fam(name, p):
+        n = len(p)
+        return _Family(name, np.array(p), np.full(n, -1.0), np.full(n, -2.0), np.ones(n, dtype=bool))
+
+    a, b = fam("brain", [0.001, 0.011]), fam("SNFH", [0.03, 0.9])
+    _decide([a, b], DiffCriteria())
+    # BH over the four p-values together: 0.001*4/1, 0.011*4/2, 0.03*4/3, 0.9*4/4
+    np.testing.assert_allclose(a.q, [0.004, 0.022])
+    np.testing.assert_allclose(b.q, [0.04, 0.9])
+    assert a.specific.tolist() == [True, True] and b.specific.tolist() == [True, False]
+    untested = fam("ET", [0.0001, 0.0001])
+    untested.tested[:] = False  # untested latents neither count in the correction nor pass
+    _decide([untested, fam("brain", [0.001, 0.011])], DiffCriteria())
+    assert untested.q.tolist() == [1.0, 1.0] and not untested.specific.any()

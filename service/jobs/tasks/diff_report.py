@@ -34,7 +34,7 @@ def run(params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
             test_data_dir(ctx.zoo),
             staging,
             source=params.get("source"),
-            max_cases_per_cohort=int(params.get("max_cases_per_cohort", 10)),
+            max_cases_per_cohort=int(params.get("max_cases_per_cohort", 20)),
             n_perm=int(params.get("n_perm", 500)),
             progress=stopping_progress(ctx),
         )
