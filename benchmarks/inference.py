@@ -190,12 +190,12 @@ def _prepare_parts(case, size: int, best) -> dict:
     mask = pp.brain_mask(image)
     x0, x1, y0, y1, z0, z1 = box = pp.crop_box(mask, spacing, pp.DEFAULT_MARGIN_MM)
     crop, cmask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
-    stats = [pp.masked_stats(crop[c], cmask) for c in range(crop.shape[0])]
+    stats = [pp._stats(v) for v in pp._masked_values(image, box, cmask)]
     pad, padded = pp._square_pad(x1 - x0, y1 - y0, spacing[0], spacing[1])
     assert box == pp.prepare_case(case, size, with_labels=False).record.crop
     return {
         "mask_crop_s": best(lambda: pp.crop_box(pp.brain_mask(image), spacing, pp.DEFAULT_MARGIN_MM)),
-        "normalise_stats_s": best(lambda: [pp.masked_stats(crop[c], cmask) for c in range(crop.shape[0])]),
+        "normalise_stats_s": best(lambda: [pp._stats(v) for v in pp._masked_values(image, box, cmask)]),
         "zscore_resample_s": best(lambda: pp._normalised_slices(crop, cmask, stats, pad, padded, size)),
     }
 

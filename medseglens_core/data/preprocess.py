@@ -132,14 +132,19 @@ class PreparedCase:
         rows, cols = brain.any(axis=1), brain.any(axis=0)  # (cx, Z'), (cy, Z')
         with torch.inference_mode():
             # slices where some class beats class 0 somewhere (strictly: ties go to class 0)
-            todo = torch.gt(probs[:, 1:].amax(dim=1), probs[:, 0]).flatten(1).any(dim=1)
+            if probs.shape[1] > 1:
+                todo = torch.gt(probs[:, 1:].amax(dim=1), probs[:, 0]).flatten(1).any(dim=1)
+            else:
+                todo = torch.zeros(probs.shape[0], dtype=torch.bool)
             todo = torch.nonzero(todo).flatten()
             for s in range(0, todo.numel(), chunk):
                 idx = todo[s : s + chunk]
-                maps = probs[idx].float()
+                i0, i1 = int(idx[0]), int(idx[-1]) + 1
+                run = i1 - i0 == idx.numel()  # consecutive slices: views, no gather
+                maps = (probs[i0:i1] if run else probs[idx]).float()
                 if tuple(maps.shape[-2:]) != rec.padded_shape:
                     maps = F.interpolate(maps, size=rec.padded_shape, mode="bilinear", align_corners=False)
-                ii = idx.numpy()
+                ii = slice(i0, i1) if run else idx.numpy()
                 xs, ys = np.flatnonzero(rows[:, ii].any(axis=1)), np.flatnonzero(cols[:, ii].any(axis=1))
                 if xs.size == 0:
                     continue
@@ -180,8 +185,11 @@ def first_argmax(maps: torch.Tensor) -> torch.Tensor:
         p0, p1, p2, p3 = maps.unbind(1)
         low = torch.gt(p1, p0).view(torch.uint8)
         high = torch.gt(p3, p2).view(torch.uint8).add_(2)
-        return torch.where(torch.gt(torch.maximum(p2, p3), torch.maximum(p0, p1)), high, low)
-    best = maps[:, 0].contiguous()
+        pick_high = torch.gt(torch.maximum(p2, p3), torch.maximum(p0, p1)).view(torch.uint8)
+        return (
+            high.sub_(low).mul_(pick_high).add_(low)
+        )  # low + pick * (high - low): torch.where is ~20x slower
+    best = maps[:, 0].clone()  # never a view of the caller's maps: updated in place
     out = torch.zeros(best.shape, dtype=torch.uint8)
     for c in range(1, maps.shape[1]):
         out.masked_fill_(maps[:, c] > best, c)
@@ -218,12 +226,33 @@ def masked_stats(channel: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """``(mean, std)`` of ``channel[mask]`` in float64, bit for bit ``np.mean`` and ``np.std`` of
     ``channel[mask].astype(np.float64)`` (the same pairwise sums over the same order), with one
     float64 buffer instead of numpy's four temporaries; std is 1.0 where it is below 1e-8."""
-    vals = channel[mask].astype(np.float64)
+    return _stats(channel[mask])
+
+
+def _stats(vals: np.ndarray) -> tuple[float, float]:
+    vals = vals.astype(np.float64)
     n = vals.size
     mean = float(np.add.reduce(vals) / n)
     np.subtract(vals, mean, out=vals)
     std = math.sqrt(float(np.add.reduce(np.multiply(vals, vals, out=vals)) / n))
     return mean, (std if std > 1e-8 else 1.0)
+
+
+def _masked_values(image: np.ndarray, box: tuple[int, ...], crop_mask: np.ndarray) -> list[np.ndarray]:
+    """Per channel, ``image[c][x0:x1, y0:y1, z0:z1][crop_mask]``: the brain voxels in C order (the
+    order the statistics sum them in). For channels stored in Fortran order (as ``load_case``
+    gives them), a C-order boolean gather jumps through memory; one ``np.take`` per channel with
+    element offsets computed once is ~3x faster and gives the same values in the same order."""
+    x0, x1, y0, y1, z0, z1 = box
+    if not all(image[c].flags.f_contiguous for c in range(image.shape[0])) or image[0].flags.c_contiguous:
+        return [image[c, x0:x1, y0:y1, z0:z1][crop_mask] for c in range(image.shape[0])]
+    nx, ny = image.shape[1:3]
+    offsets = (
+        np.arange(x0, x1, dtype=np.int64)[:, None, None]
+        + np.arange(y0, y1, dtype=np.int64)[None, :, None] * nx
+        + np.arange(z0, z1, dtype=np.int64)[None, None, :] * (nx * ny)
+    )[np.ascontiguousarray(crop_mask)]
+    return [np.take(image[c].ravel(order="F"), offsets) for c in range(image.shape[0])]
 
 
 def zscore(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
@@ -264,7 +293,7 @@ def prepare_case(
     mask = brain_mask(image)
     x0, x1, y0, y1, z0, z1 = box = crop_box(mask, spacing, margin_mm)
     crop, crop_mask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
-    stats = [masked_stats(crop[c], crop_mask) for c in range(crop.shape[0])]
+    stats = [_stats(v) for v in _masked_values(image, box, crop_mask)]
     mean, std = tuple(m for m, _ in stats), tuple(s for _, s in stats)
     pad, padded = _square_pad(x1 - x0, y1 - y0, spacing[0], spacing[1])
     slices = _normalised_slices(crop, crop_mask, stats, pad, padded, input_size)

@@ -196,9 +196,24 @@ def test_argmax_to_case_grid_matches_the_full_grid_on_irregular_cases(shape, spa
     want = np.zeros(prep.record.case_shape, np.uint8)
     want[x0:x1, y0:y1, z0:z1] = grid[:, x0:x1, y0:y1, z0:z1].argmax(axis=0)
     want[~prep.brain_mask] = 0
-    for chunk in (16, 2):
+    before = probs.clone()
+    for chunk in (16, 2, 1):
         assert np.array_equal(prep.argmax_to_case_grid(probs, chunk=chunk), want)
     assert np.array_equal(prep.argmax_to_case_grid(probs.double()), want)
+    assert torch.equal(probs, before)  # the caller's probabilities are left alone
+    # non-consecutive slices to resample (gathered, not a view), and maps already on the padded grid
+    sparse = probs.clone()
+    sparse[1::2, 0] = 1.0
+    full = torch.nn.functional.interpolate(
+        sparse, size=prep.record.padded_shape, mode="bilinear", align_corners=False
+    )
+    grid = prep.to_case_grid(sparse)
+    want = np.zeros(prep.record.case_shape, np.uint8)
+    want[x0:x1, y0:y1, z0:z1] = grid[:, x0:x1, y0:y1, z0:z1].argmax(axis=0)
+    want[~prep.brain_mask] = 0
+    assert np.array_equal(prep.argmax_to_case_grid(sparse, chunk=3), want)
+    assert np.array_equal(prep.argmax_to_case_grid(full, chunk=1), want)
+    assert not prep.argmax_to_case_grid(probs[:, :1]).any()  # one class: all background
 
 
 def test_masked_stats_is_numpys_mean_and_std_bit_for_bit():
@@ -221,5 +236,8 @@ def test_brain_mask_and_first_argmax_match_their_definitions():
     image = np.where(rng.random((4, 9, 8, 7)) > 0.8, rng.normal(size=(4, 9, 8, 7)), 0).astype(np.float32)
     assert np.array_equal(brain_mask(image), np.any(image != 0, axis=0))
     for classes in (2, 3, 4, 5):
-        maps = torch.from_numpy(rng.integers(0, 3, (6, classes, 5, 4)).astype(np.float32))  # many ties
-        assert torch.equal(first_argmax(maps), maps.argmax(dim=1).to(torch.uint8))
+        for n in (1, 6):
+            maps = torch.from_numpy(rng.integers(0, 3, (n, classes, 5, 4)).astype(np.float32))  # ties
+            before = maps.clone()
+            assert torch.equal(first_argmax(maps), maps.argmax(dim=1).to(torch.uint8))
+            assert torch.equal(maps, before)
