@@ -11,7 +11,9 @@ Protocol (DESIGN.md section 6):
    cuts the number of tests the FDR correction pays for). Per latent, a two-sided case-label
    permutation test of the difference in mean ``log10(rate + log_eps)`` (default; exact when
    the relabellings are few), or a Welch t-test on the same values, or Mann-Whitney U on the
-   raw values; Benjamini-Hochberg over the tested latents; and an effect-size threshold:
+   raw values; one Benjamini-Hochberg over the tested latents of every family (whole brain,
+   tumour tokens, each labelled region's tokens: :func:`compare_cohorts`); and an effect-size
+   threshold:
    ``|rank-biserial| >= min_rank_biserial`` AND ``|log2(firing-rate ratio)| >= min_log2_ratio``.
    A latent passing all three is population-specific (``direction`` "up": more in the target,
    "down": less).
