@@ -255,19 +255,6 @@ def _masked_values(image: np.ndarray, box: tuple[int, ...], crop_mask: np.ndarra
     return [np.take(image[c].ravel(order="F"), offsets) for c in range(image.shape[0])]
 
 
-def zscore(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
-    """Z-score each channel of ``image`` ``(C, ...)`` inside ``mask``; 0 outside. Returns (out, mean, std)."""
-    out = np.zeros(image.shape, dtype=np.float32)
-    means, stds = [], []
-    for c in range(image.shape[0]):
-        mean, std = masked_stats(image[c], mask)
-        vals = image[c][mask].astype(np.float64)
-        out[c][mask] = ((vals - mean) / std).astype(np.float32)
-        means.append(mean)
-        stds.append(std)
-    return out, tuple(means), tuple(stds)
-
-
 def _square_pad(cx: int, cy: int, sx: float, sy: float) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     side_mm = max(cx * sx, cy * sy)
     nx, ny = max(cx, round(side_mm / sx)), max(cy, round(side_mm / sy))
@@ -323,7 +310,7 @@ def _normalised_slices(crop, crop_mask, stats, pad, padded, input_size: int, chu
     Bit for bit ``interpolate(pad(zscore(crop)))`` of the straightforward chain, cheaper:
 
     * each channel is z-scored in its own memory order, a few rows at a time (the float64
-      ``float32((float64(v) - mean) / std)`` of :func:`zscore` inside the mask, 0 outside), so
+      ``float32((float64(v) - mean) / std)`` of the straightforward z-score inside the mask, 0 outside), so
       there is no full-volume float64 array;
     * ``chunk`` axial slices at a time are transposed into small reused buffers (the allocator
       keeps them from one chunk and case to the next; a padded copy of the volume would be
