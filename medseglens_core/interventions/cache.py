@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseglens_core.data.preprocess import first_argmax
 from medseglens_core.models.base import Prefix, SegModel
 
 
@@ -235,7 +236,7 @@ def slice_labels(cache: PrefixCache, ks: Sequence[int], logits: torch.Tensor) ->
     px0, _, py0, _ = rec.pad
     probs = probs[:, :, px0 : px0 + x1 - x0, py0 : py0 + y1 - y0]
     out = np.zeros((rec.case_shape[0], rec.case_shape[1], len(ks)), dtype=np.uint8)
-    out[x0:x1, y0:y1] = _first_argmax(probs).permute(1, 2, 0).numpy()
+    out[x0:x1, y0:y1] = first_argmax(probs).permute(1, 2, 0).numpy()
     zs = [z0 + k for k in ks]
     out[~prep.brain_mask[:, :, zs]] = 0
     return out
@@ -246,15 +247,3 @@ def slice_z(cache: PrefixCache, ks: Sequence[int]) -> list[int]:
     rec = getattr(cache.prepared, "record", None)
     z0 = rec.crop[4] if rec is not None else 0
     return [z0 + k for k in ks]
-
-
-def _first_argmax(probs: torch.Tensor) -> torch.Tensor:
-    """``argmax`` over dim 1 of ``(n, C, X, Y)`` as uint8 (first maximum on ties, like numpy),
-    by C-1 comparisons: torch's argmax over a non-last dim is several times slower on CPU."""
-    best = probs[:, 0].clone()
-    idx = torch.zeros(best.shape, dtype=torch.uint8)
-    for c in range(1, probs.shape[1]):
-        better = probs[:, c] > best
-        idx[better] = c
-        best = torch.where(better, probs[:, c], best)
-    return idx
