@@ -7,9 +7,10 @@ source and target cases, the extra source cases the blind protocols check harm o
 the ``recovery.json`` documents with ``sae_id``, ``gate_sae_id`` and ``provenance``. Nothing is
 written: the caller writes the documents (:func:`~.report.write_recovery`).
 
-Harm cases (blind protocols): ``source_calibration`` when given, else the zoo's
-``data/val/<source>`` and ``data/test/<source>`` cases whose folder names are not among the
-data folder's source cases (the model never trained on either split).
+Harm cases (blind protocols): every case of ``source_calibration`` when given, else the first
+``config.harm_cases`` (14) of the zoo's ``data/val/<source>`` then ``data/test/<source>`` cases
+(each split by case id) whose folder names are not among the data folder's source cases (the
+model never trained on either split).
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ def default_diff_report(zoo: Path) -> Path:
     return Path(zoo) / "reports" / "zoo" / "report.json"
 
 
+def harm_case_paths(
+    zoo: Path, source: str, taken: set[str], source_calibration: Path | None, limit: int
+) -> list[Path]:
+    """The blind protocols' extra harm-check case folders (module docs): every case of
+    ``source_calibration``, else the first ``limit`` of the zoo's held-out ``source`` cases, val
+    first; folders named in ``taken`` (the data folder's source cases) are left out."""
+    from medseglens_core.catalog import data_split
+    from medseglens_core.io import find_cases
+
+    if source_calibration:
+        return [p for p in find_cases(source_calibration) if p.name not in taken]
+    dirs = [data_split(zoo, source, s) for s in ("val", "test")]
+    return [p for d in dirs if d.is_dir() for p in find_cases(d) if p.name not in taken][:limit]
+
+
 def recover_from_zoo(
     zoo: Path,
     data: Path,
@@ -63,7 +79,6 @@ def recover_from_zoo(
 
     ``model``: an already loaded ``(net, card)`` of ``model_id`` (the service's model pool).
     """
-    from medseglens_core.catalog import data_split
     from medseglens_core.interventions.diffrepair import diff_latents
     from medseglens_core.interventions.spec import RegionName
     from medseglens_core.interventions.zoo import (
@@ -74,7 +89,6 @@ def recover_from_zoo(
         load_sae_for,
         source_cohort,
     )
-    from medseglens_core.io import find_cases
     from medseglens_core.provenance import provenance
 
     names = parse_protocols(protocols)
@@ -104,13 +118,8 @@ def recover_from_zoo(
     tgt_items = load_items(net, hook, tgt_paths, target, progress=progress)
     harm_items = None
     if blind:
-        dirs = (
-            [source_calibration]
-            if source_calibration
-            else [data_split(zoo, source, s) for s in ("val", "test")]
-        )
         taken = {p.name for p in src_paths}
-        harm_paths = [p for d in dirs if d.is_dir() for p in find_cases(d) if p.name not in taken]
+        harm_paths = harm_case_paths(zoo, source, taken, source_calibration, config.harm_cases)
         harm_items = load_items(net, hook, harm_paths, source, progress=progress) or None
     docs = []
     for p in names:

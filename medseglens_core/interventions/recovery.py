@@ -26,7 +26,9 @@ Protocols:
 * ``blind``: ONE spec per (model, target cohort), chosen on a calibration split -- the first
   ``calib_n`` (<= 5) target cases by id, with labels, and the first half of the source cases --
   as the best mean calibration Dice among specs whose mean source-calibration Dice change is
-  >= ``-source_tolerance``; applied unchanged to the remaining target cases.
+  >= ``-source_tolerance`` (and no source case loses more than ``source_case_tolerance``) and
+  whose mean TC and ET Dice change on the calibration target cases is >= ``-core_tolerance``;
+  applied unchanged to the remaining target cases.
 * Both blind protocols attach a population gate (:mod:`.gate`, fitted on the calibration
   scans' latent firing rates, no label) to every candidate spec unless ``config.gate`` is off:
   the spec then edits only scans that look like the target cohort.
@@ -89,6 +91,14 @@ class RecoveryConfig:
             best ``confirm_top`` are scored exactly.
         source_tolerance: blind: the largest mean source-calibration Dice loss accepted.
         source_case_tolerance: blind: the largest Dice loss accepted on any one source case.
+        core_tolerance: blind protocols: the largest mean TC or ET Dice loss accepted on the
+            labelled calibration target cases (checked on the confirmed specs), so a repair
+            cannot buy oedema with the core; the baselines are not held to it.
+        harm_cases: blind protocols run from a zoo without a source calibration folder: at most
+            this many of the zoo's held-out source cases (val first, then test, each by case id)
+            are harm-check cases (:mod:`.pipeline`). The worst-case check above grows stricter
+            with every case added; 14 (4 val + the first 10 test) is the set the protocols were
+            designed and measured on, kept when the test split grew to 20 for the diff's power.
         steer: oracle: fit an additive steering direction for a failure no family repairs.
         steer_blind: blind: also fit one on the calibration split (off: on the demo zoo the
             fitted directions repaired the target but harmed the source beyond tolerance).
@@ -122,6 +132,8 @@ class RecoveryConfig:
     confirm_top: int = 3
     source_tolerance: float = 0.004
     source_case_tolerance: float = 0.02
+    core_tolerance: float = 0.02
+    harm_cases: int = 14
     steer: bool = True
     steer_blind: bool = False
     steer_latents: int = 32
@@ -480,13 +492,27 @@ def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cf
         return None, InterventionSpec()
     specs = [s for _, s in keep]
     gain = np.mean([ev.many(i, specs) for i in calib_t], axis=0)
-    safe = ev.harmless(calib_s, specs, cfg)
+    safe = ev.harmless(calib_s, specs, cfg) & _keeps_core(ev, calib_t, specs, cfg)
     ok = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
     base = float(np.mean([ev.base(i) for i in calib_t]))
     if not ok or gain[ok[0]] <= base:
         return None, InterventionSpec()
     _emit(progress, stage="blind", chosen=keep[ok[0]][0], calib_dice=round(float(gain[ok[0]]), 4))
     return keep[ok[0]][0], keep[ok[0]][1]
+
+
+def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: RecoveryConfig) -> np.ndarray:
+    """``(len(specs),)`` bool: mean TC and ET Dice change (those not scored) on the labelled
+    calibration target cases >= ``-cfg.core_tolerance``."""
+    regions = [r for r in ("TC", "ET") if r != cfg.region]
+    loss = np.zeros((len(specs), len(regions)))
+    for item in calib_t:
+        before = case_scores(item, item.cache.baseline_labels, cfg.region)
+        for k, spec in enumerate(specs):
+            labels = apply_spec(item.cache, ev.sae, spec, gate_sae=ev.gate_sae).edited_labels
+            after = case_scores(item, labels, cfg.region)
+            loss[k] += [after[r] - before[r] for r in regions]
+    return (loss / max(len(calib_t), 1) >= -cfg.core_tolerance).all(axis=1)
 
 
 def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig):

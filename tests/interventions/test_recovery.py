@@ -98,3 +98,23 @@ def test_screened_harm_of_a_no_op_spec_is_zero() -> None:
     assert all(ev.base(i, screen=True) > ev.base(i) for i in src)  # the two bases differ
     assert np.array_equal(ev.changes(src, specs, screen=True), np.zeros((len(src), 1)))
     assert ev.harmless(src, specs, CFG, screen=True).all()
+
+
+def test_core_guard_refuses_an_edit_that_erases_the_core(cohorts) -> None:
+    """ET latent ablated: the core is gone (refused); oedema latent ablated: the core is kept."""
+    from medseglens_core.interventions.recovery import _keeps_core, _Scores
+    from medseglens_core.interventions.spec import Edit, InterventionSpec
+
+    _, tgt = cohorts
+    ev = _Scores(identity_sae(), "SNFH", stride=1)
+    specs = [InterventionSpec(edits=[Edit(latent=j, op="ablate")]) for j in (2, 1)] + [InterventionSpec()]
+    assert _keeps_core(ev, tgt[:2], specs, CFG).tolist() == [False, True, True]
+
+
+def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
+    src, tgt = cohorts
+    strict = RecoveryConfig(**{**CFG.__dict__, "core_tolerance": -1.0})  # nothing can pass
+    doc = run_recovery(
+        identity_sae(), src, tgt, "blind", model_id="m", source="adult", target="ssa", config=strict
+    )
+    assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
