@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -113,6 +113,27 @@ def _check_zoo_sync(request: Request, models, saes, cohorts, split: str) -> None
             raise ResourceNotFound(f"No cohort {c!r} under the zoo's data/{split}/ folder.")
 
 
+def job_entries(
+    zoo: Path, model_ids: Sequence[str] | None, *, gate: bool = False, cohort: bool = False
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(models, saes)`` a job over ``model_ids`` loads (None: every model with a main SAE, as
+    the diff report and the suite read them): each model's main SAE, with ``gate`` its gate SAE
+    (the recovery's population gate), with ``cohort`` its per-cohort SAEs (the diff's alignment).
+    A model without a main SAE is listed without one (the caller answers 404 for it)."""
+    cat = Catalog.read(zoo)
+    ids = (
+        list(model_ids)
+        if model_ids is not None
+        else [m.model_id for m in cat.models if cat.main_sae(m.model_id)]
+    )
+    saes: list[str] = []
+    for m in ids:
+        refs = [cat.main_sae(m), cat.gate_sae(m) if gate else None]
+        refs += list(cat.cohort_saes(m).values()) if cohort else []
+        saes += [r.sae_id for r in refs if r is not None]
+    return tuple(ids), tuple(dict.fromkeys(saes))
+
+
 def default_sae(zoo: Path, model_id: str) -> str | None:
     """The SAE a job on ``model_id`` reads when none is given: the zoo catalogue's main SAE."""
     main = Catalog.read(zoo).main_sae(model_id)
@@ -164,8 +185,13 @@ async def create_diff_report_job(
     idem: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a cross-dataset diff report of the zoo; it appears in GET /v1/diff-reports when done."""
-    # the report reads the held-out cases (data/test), so the source cohort must be there
-    await _check_zoo(request, cohorts=(body.source,) if body.source else (), split=HELD_OUT)
+    # the report reads the held-out cases (data/test), so the source cohort must be there, and
+    # every model with a main SAE: a broken one is 503 now, not a failed job later
+    zoo = request.app.state.settings.zoo_dir
+    models, saes = await anyio.to_thread.run_sync(lambda: job_entries(zoo, None, cohort=True))
+    await _check_zoo(
+        request, models=models, saes=saes, cohorts=(body.source,) if body.source else (), split=HELD_OUT
+    )
     return await _submit(jobs, response, key, JobKind.DIFF_REPORT, body, idem)
 
 
@@ -193,6 +219,9 @@ async def create_recovery_job(
                 f"Model {body.model_id!r} has no main SAE in the zoo; pass 'sae_id' or train one."
             )
         await _check_zoo(request, saes=(main,))  # the SAE the job will read
+    zoo = request.app.state.settings.zoo_dir
+    gate = await anyio.to_thread.run_sync(lambda: Catalog.read(zoo).gate_sae(body.model_id))
+    await _check_zoo(request, saes=(gate.sae_id,) if gate else ())  # its population gate's SAE
     return await _submit(jobs, response, key, JobKind.RECOVERY, body, idem)
 
 
@@ -207,13 +236,13 @@ async def create_recovery_suite_job(
 ) -> JobOut:
     """Queue the leave-one-shift-out evaluation; its table is served by GET /v1/jobs/{job_id}/result."""
     await _check_zoo(request, models=tuple(body.model_ids or ()))
-    mains = []
+    zoo = request.app.state.settings.zoo_dir
     for model_id in body.model_ids or ():
-        main = default_sae(request.app.state.settings.zoo_dir, model_id)
-        if main is None:
+        if default_sae(zoo, model_id) is None:
             raise ResourceNotFound(f"Model {model_id!r} has no main SAE in the zoo; train one first.")
-        mains.append(main)
-    await _check_zoo(request, saes=tuple(mains))  # the SAEs the suite will read
+    # the models, main SAEs and gate SAEs the suite will read (without model_ids: every model)
+    models, saes = await anyio.to_thread.run_sync(lambda: job_entries(zoo, body.model_ids, gate=True))
+    await _check_zoo(request, models=models, saes=saes)
     return await _submit(jobs, response, key, JobKind.RECOVERY_SUITE, body, idem)
 
 

@@ -147,3 +147,40 @@ def test_entry_usable_rechecks_an_entry_whose_files_changed(tmp_path, monkeypatc
     assert calls == ["late-sae", "late-sae"]
     _flip_last_byte(zoo / "saes" / UNET_SAE / WEIGHTS_FILES["sae"])  # resident: not re-read per request
     assert pool.entry_usable("sae", UNET_SAE) is True
+
+
+@pytest.mark.parametrize("kind", ["model", "sae"])
+def test_jobs_over_every_model_check_every_entry_they_read(tmp_path, kind):
+    """The diff report and a suite without model_ids read every model with a main SAE."""
+    zoo = _zoo_copy(tmp_path)
+    entry = UNET if kind == "model" else UNET_SAE
+    CORRUPTIONS["truncated"](zoo / f"{kind}s" / entry / WEIGHTS_FILES[kind])
+    with app_over(tmp_path, zoo) as (client, headers):
+        spy = _Spy(client)
+        for path in ("/v1/jobs/diff-report", "/v1/jobs/recovery-suite"):
+            _assert_unavailable(client.post(path, json={}, headers=headers), f"{kind}:{entry}")
+        assert spy.enqueued == [] and spy.rows() == 0
+
+
+def test_a_recovery_whose_gate_sae_is_broken_is_refused(tmp_path):
+    """The recovery's population gate reads the model's gate SAE: a broken one is 503 up front."""
+    import json
+
+    zoo = _zoo_copy(tmp_path)
+    gate = zoo / "saes" / "segformer-tiny-gate"
+    shutil.copytree(zoo / "saes" / SEGFORMER_SAE, gate)
+    card = json.loads((gate / "card.json").read_text())
+    (gate / "card.json").write_text(json.dumps({**card, "id": gate.name, "role": "gate"}))
+    CORRUPTIONS["truncated"](gate / WEIGHTS_FILES["sae"])
+    with app_over(tmp_path, zoo) as (client, headers):
+        spy = _Spy(client)
+        target = sorted(p.name for p in (zoo / "data" / HELD_OUT).iterdir())[0]
+        for path, body in (
+            ("/v1/jobs/recovery", {"model_id": SEGFORMER, "sae_id": SEGFORMER_SAE, "target": target}),
+            ("/v1/jobs/recovery-suite", {"model_ids": [SEGFORMER]}),
+        ):
+            _assert_unavailable(client.post(path, json=body, headers=headers), f"sae:{gate.name}")
+        assert spy.enqueued == [] and spy.rows() == 0
+        r = client.post("/v1/jobs/recovery", json={"model_id": UNET, "target": target}, headers=headers)
+        assert r.status_code == 202, r.text  # the other model has no gate SAE and is fine
+        client.delete(f"/v1/jobs/{r.json()['id']}", headers=headers)
