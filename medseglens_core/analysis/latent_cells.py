@@ -11,7 +11,8 @@ slice -- its *cell*, rows ``(a0, a1)`` x columns ``(b0, b1)`` -- with fixed weig
 - the upsampled activation is linear in the cell's 4 token codes.
 
 A latent's sums over its active voxels are therefore sums over *blocks* (one slice of one cell)
-of block sums that depend only on the block's pattern: nothing when no corner fires; all the
+of block sums that depend only on the block's pattern (only the blocks where a latent fires are
+looked up, :func:`latent_sums`): nothing when no corner fires; all the
 block's brain voxels when all four fire (one table for every block, a batched matmul); for a
 mixed pattern, a per-geometry table when the block lies wholly inside the brain, else the exact
 sums over the pattern's active brain pixels, computed once per distinct (block, pattern) that
@@ -227,6 +228,8 @@ class CaseBlocks:
         geom: the :class:`CellGeometry`.
         inside: ``(n_blocks, P)`` float32, 1 on brain voxels.
         full: ``(n_blocks, 13)`` float32 block sums when all four corners fire.
+        table: ``(1 + n_blocks + n_pieces * 16, 13)`` float32 value rows a firing block reads:
+            a zero row, ``full``, then ``geom.whole``.
         inside_all: ``(n_blocks,)`` bool, the block lies wholly inside the brain.
         partial: ``(n_blocks,)`` bool, the block is partly inside the brain.
         label_row: ``(n_blocks,)`` int64 row of the block in ``labels``, -1 without a label.
@@ -239,6 +242,7 @@ class CaseBlocks:
     geom: CellGeometry
     inside: np.ndarray
     full: np.ndarray
+    table: np.ndarray
     inside_all: np.ndarray
     partial: np.ndarray
     label_row: np.ndarray
@@ -260,7 +264,8 @@ def case_blocks(geom: CellGeometry, brain: np.ndarray, pred: np.ndarray, gt: np.
     label_row = np.full(n_pieces * z, -1)
     label_row[rows] = np.arange(len(rows))
     labels = _label_tables(geom, codes, rows, z)
-    return CaseBlocks(geom, inside, full, inside_all, partial, label_row, labels, z)
+    table = np.concatenate([np.zeros((1, N_VALUE), np.float32), full, geom.whole])
+    return CaseBlocks(geom, inside, full, table, inside_all, partial, label_row, labels, z)
 
 
 def _block_codes(
@@ -328,38 +333,46 @@ def latent_sums(blocks: CaseBlocks, tok: np.ndarray) -> tuple[np.ndarray, np.nda
 
     Returns ``(counts (S, Z', 7), value (S, Z', 3))`` float64: active brain voxels and, of them,
     predicted NCR/SNFH/ET and ground-truth NCR/SNFH/ET; sums of activation x ``(1, x, y)``.
+
+    Only the blocks where a latent fires (pattern not 0) are looked up, each in one row of the
+    value tables (and of the label table when the block holds a label); a block's value sums
+    are float32, their sums per (latent, slice) float64.
     """
     n_s, z = tok.shape[:2]
     geom = blocks.geom
     n_pieces = len(geom.corners)
     n_blocks = n_pieces * z
-    cv = tok[:, :, geom.corners.reshape(-1)].reshape(n_s, z, n_pieces, 4)  # corner codes
-    pattern = (cv > 0) @ np.array(CORNER_BITS)  # (S, Z', pieces)
-    block = np.arange(n_pieces)[None, :] * z + np.arange(z)[:, None]  # (Z', pieces)
-    key = block * N_PATTERNS + pattern
-    full, mixed = pattern == FULL, (pattern != 0) & (pattern != FULL)
+    fires = (tok > 0).view(np.uint8)  # (S, Z', h*w)
+    pattern = fires[:, :, geom.corners[:, 0]]
+    for c in range(1, 4):
+        pattern |= fires[:, :, geom.corners[:, c]] << np.uint8(c)  # bit c: CORNER_BITS[c]
+    hit = np.flatnonzero(pattern)  # (latent, slice, piece) entries that fire, in that order
+    pattern = pattern.reshape(-1)[hit].astype(np.int64)
+    sz, piece = np.divmod(hit, n_pieces)  # sz: latent * Z' + slice
+    block = piece * z + sz % z
     # value sums: whole-block table, geometry table (block wholly inside), partial blocks
-    need = mixed & blocks.partial[block]
-    keys, slot = _used_keys(key[need], n_blocks)
-    table = np.concatenate(
-        [np.zeros((1, N_VALUE), np.float32), blocks.full, geom.whole, _partial_sums(blocks, keys)]
-    )
-    row = np.where(full, 1 + block, 0)
-    row = np.where(
-        mixed & blocks.inside_all[block], 1 + n_blocks + np.arange(n_pieces) * N_PATTERNS + pattern, row
-    )
-    row = np.where(need, 1 + n_blocks + len(geom.whole) + slot[key], row)
-    sums = table[row.reshape(n_s * z, n_pieces)]  # (S * Z', pieces, 13)
+    mixed = pattern != FULL
+    row = np.where(mixed, 1 + n_blocks + piece * N_PATTERNS + pattern, 1 + block)
+    row[mixed & ~blocks.inside_all[block]] = 0  # a block off the brain, or partial (below)
+    need = np.flatnonzero(mixed & blocks.partial[block])
+    key = block[need] * N_PATTERNS + pattern[need]
+    keys, slot = _used_keys(key, n_blocks)
+    sums = blocks.table[row]  # (n_hit, 13)
+    sums[need] = _partial_sums(blocks, keys)[slot[key]]
+    flat = (sz * tok.shape[2])[:, None] + geom.corners[piece]
+    value = np.einsum("nk,nkg->ng", np.take(tok, flat), sums[:, 1:].reshape(-1, 4, 3))  # v, v*i, v*j
+    out = np.zeros((n_s * z, 1 + 6 + 3))
+    if len(hit):
+        first = np.flatnonzero(np.r_[True, sz[1:] != sz[:-1]])
+        out[sz[first], :1] = np.add.reduceat(sums[:, :1], first, axis=0, dtype=np.float64)
+        out[sz[first], 7:] = np.add.reduceat(value, first, axis=0, dtype=np.float64)
     # label counts: only labelled blocks have any
     lab = blocks.label_row[block]
-    row = np.where((pattern != 0) & (lab >= 0), 1 + lab * N_PATTERNS + pattern, 0)
-    labels = np.concatenate([np.zeros((1, 6), np.float32), blocks.labels])[row.reshape(n_s * z, n_pieces)]
-    counts = np.concatenate([sums[..., 0].sum(1, keepdims=True), labels.sum(1)], -1).astype(np.float64)
-    geo = sums[..., 1:].reshape(n_s * z, n_pieces * 4, 3)
-    # sums of v, v*i, v*j; einsum's own loop (no BLAS: a matrix-vector product per row)
-    value = np.einsum("bk,bkg->bg", cv.reshape(n_s * z, n_pieces * 4), geo).astype(np.float64)
+    labelled = np.flatnonzero(lab >= 0)
+    np.add.at(out[:, 1:7], sz[labelled], blocks.labels[lab[labelled] * N_PATTERNS + pattern[labelled]])
+    value = out[:, 7:]
     value[:, 1:] += value[:, :1] * geom.origin  # (i, j) -> case-grid (x, y)
-    return counts.reshape(n_s, z, 7), value.reshape(n_s, z, 3)
+    return out[:, :7].reshape(n_s, z, 7), value.reshape(n_s, z, 3)
 
 
 def _slice_max(maps: np.ndarray, brain: np.ndarray, record: Any) -> np.ndarray:

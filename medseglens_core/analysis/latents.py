@@ -49,6 +49,7 @@ from medseglens_core.analysis.encode import (
     masked_tokens,
 )
 from medseglens_core.analysis.latent_cells import active_max, case_blocks, cell_geometry, latent_sums, mm
+from medseglens_core.analysis.threads import one_thread
 from medseglens_core.errors import InvalidInput, NotFound
 
 LABEL_NAMES = {1: "NCR", 2: "SNFH", 3: "ET"}
@@ -192,13 +193,13 @@ def summarise_latents(
         shapes = [tuple(p.shape) for p in pieces]
         raise InvalidInput(f"prefix activations must be (Z'={n_slices}, C, h, w) in total; got {shapes}")
     pred = np.asarray(labels_pred)
-    pred_case = (
-        pred if pred.shape == tuple(prepared.record.case_shape) else prepared.labels_to_case_grid(pred)
-    )
-    top_total, top_tumour, total, tumour, tok, rates = _rank_latents(sae, pieces, prepared, pred, top_k)
-    selected = sorted(set(top_total) | set(top_tumour))
     brain = np.asarray(prepared.brain_mask, dtype=bool)
-    stats = _voxel_stats(selected, tok.numpy(), prepared, brain, pred_case, label_gt, affine)
+    with one_thread():  # small steps: see analysis.threads
+        on_case_grid = pred.shape == tuple(prepared.record.case_shape)
+        pred_case = pred if on_case_grid else prepared.labels_to_case_grid(pred)
+        top_total, top_tumour, total, tumour, tok, rates = _rank_latents(sae, pieces, prepared, pred, top_k)
+        selected = sorted(set(top_total) | set(top_tumour))
+        stats = _voxel_stats(selected, tok.numpy(), prepared, brain, pred_case, label_gt, affine)
     for j in selected:
         stats[j].total_activation, stats[j].tumour_activation = float(total[j]), float(tumour[j])
     token_maps = {j: tok[i] for i, j in enumerate(selected)}
@@ -329,7 +330,7 @@ def analyse_case(
     """
     from medseglens_core.data.preprocess import prepare_case
 
-    prepared = prepare_case(case, input_size)
+    prepared = prepare_case(case, input_size, with_labels=False)  # the summary reads case.label itself
     slices = prepared.slices
     device = next(iter(model.parameters()), torch.empty(0)).device
     hs, probs = [], None
