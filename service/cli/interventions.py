@@ -111,9 +111,10 @@ def recover(
         Path | None,
         typer.Option(
             "--source-calibration",
-            help="Source-cohort case folders on which blind protocols check harm and fit their gate "
-            "(default: ZOO/data/val/<source> and ZOO/data/test/<source>, cases the model never "
-            "trained on), besides the first half of DATA/<source>.",
+            help="Source-cohort case folders on which blind protocols check harm and fit their gate, "
+            "every case of it (default: the first 14 of ZOO/data/val/<source> then "
+            "ZOO/data/test/<source>, cases the model never trained on), besides the first half of "
+            "DATA/<source>.",
         ),
     ] = None,
     diff_report: Annotated[
