@@ -13,17 +13,39 @@ sort.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from medseglens_core.sae.base import SparseCodes
 
-__all__ = ["batch_topk_select", "candidates_above", "codes_from_flat", "first_hint", "top_n_in_order"]
+__all__ = [
+    "batch_topk_select",
+    "candidates_above",
+    "codes_from_flat",
+    "first_hint",
+    "kth_smallest",
+    "numpy_view",
+    "top_n_in_order",
+]
+
+
+# Dtypes whose CPU tensors the candidate scan hands to NumPy (bfloat16 has no NumPy dtype).
+_NUMPY_SCAN = (torch.float32, torch.float64, torch.float16)
 
 
 def candidates_above(pre: torch.Tensor, thr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entries of ``pre (r, m)`` strictly above ``thr``: (flat indices int64, values), in order."""
+    """Entries of ``pre (r, m)`` strictly above ``thr``: (flat indices int64, values), in order.
+
+    On CPU the scan is NumPy's compare + ``flatnonzero`` on a view of the same memory: the same
+    indices as ``(flat > thr).nonzero()`` (``thr`` rounded to ``pre``'s dtype, as torch does),
+    about 3x faster on one core, where torch's ``nonzero`` counts and writes in two passes.
+    """
     flat = pre.reshape(-1)
-    idx = (flat > thr).nonzero().squeeze(1)
+    a = numpy_view(flat)
+    if a is None:
+        idx = (flat > thr).nonzero().squeeze(1)
+    else:
+        idx = torch.from_numpy(np.flatnonzero(a > a.dtype.type(thr)).astype(np.int64, copy=False))
     return idx, flat.index_select(0, idx)
 
 
@@ -35,6 +57,25 @@ def first_hint(pre: torch.Tensor, n_per_row: int) -> float:
     return max(0.0, float(flat.topk(keep, sorted=False).values.min()))
 
 
+def numpy_view(t: torch.Tensor) -> np.ndarray | None:
+    """A NumPy view of a CPU float tensor (no copy), or ``None`` where NumPy cannot take it."""
+    if t.device.type == "cpu" and t.dtype in _NUMPY_SCAN and not t.requires_grad:
+        return t.numpy()
+    return None
+
+
+def kth_smallest(vals: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest (1-based) of a 1-d ``vals``, as a 0-d tensor: ``vals.kthvalue(k)``.
+
+    On CPU through NumPy's introselect (``np.partition``), about 15x faster than torch's
+    ``kthvalue`` on a few hundred thousand values; the value is the same element.
+    """
+    a = numpy_view(vals)
+    if a is None:
+        return vals.kthvalue(k).values
+    return torch.tensor(np.partition(a, k - 1)[k - 1], dtype=vals.dtype)
+
+
 def top_n_in_order(idx: torch.Tensor, vals: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``n`` largest of ``vals`` with their ``idx``, keeping the input order (no sort).
 
@@ -44,7 +85,7 @@ def top_n_in_order(idx: torch.Tensor, vals: torch.Tensor, n: int) -> tuple[torch
     c = vals.numel()
     if c <= n:
         return idx, vals
-    kth = vals.kthvalue(c - n + 1).values
+    kth = kth_smallest(vals, c - n + 1)
     keep = vals > kth
     short = n - int(keep.sum())
     if short > 0:  # ties at the n-th value: take the first ones (a topk would pick arbitrarily)

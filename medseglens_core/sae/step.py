@@ -26,7 +26,8 @@ so the dense gradient through the encoder input that autograd would compute only
 ``b_dec``'s gradient is never formed, and no ``B x m`` dense gradient is materialised.
 The aux-k term (dead latents reconstructing the detached residual ``x - x_hat``) reuses the
 dead latents' pre-activations kept by the encoder pass; only rows with more than ``aux_k``
-positive dead pre-activations run a ``topk``. Its codes fill about ``aux_k / n_dead`` of the
+positive dead pre-activations select their ``aux_k`` largest (one introselect per row, the
+entries ``topk`` keeps). Its codes fill about ``aux_k / n_dead`` of the
 ``(B, n_dead)`` matrix, usually far more than the main codes fill theirs, so it runs as four
 dense GEMMs over the dead latents (``z_aux @ W_dec[dead]``, the same transposed products as
 above and ``g @ W_dec[dead]^T`` masked to the support), and falls back to the sparse products
@@ -39,10 +40,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from medseglens_core.sae.base import SAE, SparseCodes
-from medseglens_core.sae.select import batch_topk_select, codes_from_flat
+from medseglens_core.sae.select import batch_topk_select, codes_from_flat, numpy_view
 
 __all__ = ["StepStats", "batch_topk_select", "encode_select", "fast_step"]
 
@@ -180,12 +182,43 @@ def _aux_dense_codes(pre_dead: torch.Tensor, aux_k: int) -> tuple[torch.Tensor, 
     support = torch.gt(z, 0.0, out=torch.empty_like(z))
     per_row = support.sum(1)
     over = (per_row > ka).nonzero().squeeze(1)
-    if over.numel():
-        sub = z.index_select(0, over)
-        top = sub.topk(ka, dim=1, sorted=False)
-        z.index_copy_(0, over, torch.zeros_like(sub).scatter_(1, top.indices, top.values))
-        support.index_copy_(0, over, torch.gt(z.index_select(0, over), 0.0, out=torch.empty_like(sub)))
+    if over.numel() == z.shape[0]:  # usually every row: no gather/scatter of the rows
+        _keep_top_per_row_(z, ka)
+        torch.gt(z, 0.0, out=support)
+    elif over.numel():
+        sub = _keep_top_per_row_(z.index_select(0, over), ka)
+        z.index_copy_(0, over, sub)
+        support.index_copy_(0, over, torch.gt(sub, 0.0, out=torch.empty_like(sub)))
     return z, support, int(per_row.clamp_max(ka).sum())
+
+
+def _keep_top_per_row_(z: torch.Tensor, ka: int) -> torch.Tensor:
+    """Zero all but each row's ``ka`` largest entries of ``z (r, n)`` in place; returns ``z``.
+
+    The same entries as ``z.topk(ka, dim=1)`` keeps: each row's ``ka``-th largest value comes
+    from one introselect per row (NumPy on CPU, several times faster than ``topk`` there), and
+    the entries at or above it are kept. Rows with more than ``ka`` such entries (ties at the
+    ``ka``-th value) go through ``topk``, so ties are broken exactly as ``topk`` breaks them.
+    """
+    a = numpy_view(z)
+    if a is None or not z.is_contiguous():
+        return _topk_rows_(z, torch.arange(z.shape[0], device=z.device), ka)
+    n = z.shape[1]
+    kth = torch.from_numpy(np.partition(a, n - ka, axis=1)[:, n - ka : n - ka + 1])
+    # A float 0/1 mask: its row sums and the product are vectorised passes (bool ones are not).
+    keep = torch.ge(z, kth, out=torch.empty_like(z))
+    tied = (keep.sum(1) > ka).nonzero().squeeze(1)
+    if tied.numel():
+        _topk_rows_(z, tied, ka)
+        keep.index_fill_(0, tied, 1.0)
+    return z.mul_(keep)  # z >= 0 here: kept entries times 1 are unchanged, the others 0
+
+
+def _topk_rows_(z: torch.Tensor, rows: torch.Tensor, ka: int) -> torch.Tensor:
+    """Zero all but the ``ka`` largest entries of ``z``'s ``rows`` (a topk per row), in place."""
+    sub = z.index_select(0, rows)
+    top = sub.topk(ka, dim=1, sorted=False)
+    return z.index_copy_(0, rows, torch.zeros_like(sub).scatter_(1, top.indices, top.values))
 
 
 def _aux_term(

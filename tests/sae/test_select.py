@@ -10,7 +10,7 @@ import torch
 from medseglens_core.sae import step
 from medseglens_core.sae.base import SAEConfig, build_sae, registered_architectures
 from medseglens_core.sae.reference import reference_step
-from medseglens_core.sae.select import top_n_in_order
+from medseglens_core.sae.select import candidates_above, kth_smallest, top_n_in_order
 
 
 def test_top_n_in_order_keeps_order_and_breaks_ties_by_position():
@@ -87,3 +87,43 @@ def test_aux_k_dense_and_sparse_paths_match_reference(monkeypatch, arch, sparse_
     for name, p in sae.named_parameters():
         q = dict(ref.named_parameters())[name]
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_candidates_above_equals_torch_nonzero(dtype):
+    # NumPy scan on CPU (bfloat16 falls back to torch): the indices torch's compare gives,
+    # with a threshold that is not representable in the dtype and values equal to it.
+    pre = torch.randn(37, 53).to(dtype)
+    pre[3, :5] = torch.tensor(0.7, dtype=dtype)
+    for thr in (0.7, 0.1 + 0.2, 0.0, -1.5, 40.0):
+        idx, vals = candidates_above(pre, thr)
+        expect = (pre.reshape(-1) > thr).nonzero().squeeze(1)
+        assert idx.dtype == torch.int64 and torch.equal(idx, expect)
+        assert torch.equal(vals, pre.reshape(-1)[expect])
+
+
+def test_kth_smallest_equals_kthvalue_with_ties():
+    vals = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 2.0, 0.5])
+    for k in range(1, 8):
+        assert float(kth_smallest(vals, k)) == float(vals.kthvalue(k).values)
+    big = torch.randn(10_001, dtype=torch.float64)
+    assert float(kth_smallest(big, 5_000)) == float(big.kthvalue(5_000).values)
+    assert kth_smallest(big, 1).dtype == torch.float64
+
+
+def test_keep_top_per_row_equals_topk_and_breaks_ties_as_topk():
+    z = torch.rand(64, 40)
+    z[5, 10:20] = 0.5  # ten-way tie straddling the 8th largest of row 5
+    z[5, :10] = 0.9
+    z[6] = 0.25  # a constant row: all tied
+    z[7, ::3] = 0.0
+    ka = 12
+    top = z.topk(ka, dim=1, sorted=False)
+    expect = torch.zeros_like(z).scatter_(1, top.indices, top.values)
+    got = step._keep_top_per_row_(z.clone(), ka)
+    assert torch.equal(got, expect)
+    assert ((got > 0).sum(1) == ka).all()
+    # a non-contiguous input takes the topk path with the same result
+    strided = z.t().contiguous().t()
+    assert not strided.is_contiguous()
+    assert torch.equal(step._keep_top_per_row_(strided, ka), expect)
