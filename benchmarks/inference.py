@@ -20,7 +20,7 @@ freshly initialised with their default configs. The in-memory case has the memor
 as the benchmark used before).
 
     .venv/bin/python benchmarks/inference.py [--zoo ZOO] [--threads 2] [--repeats 3] [--device auto]
-        [--layout loader|c]
+        [--precision fp32|bf16|fp16] [--layout loader|c]
 """
 
 from __future__ import annotations
@@ -210,6 +210,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="network precision (bf16/fp16 autocast; fp16 needs CUDA); the bare forward runs in it too",
+    )
+    ap.add_argument(
         "--layout",
         choices=("loader", "c"),
         default="loader",
@@ -224,6 +230,7 @@ def main() -> None:
     }
     results = {}
     for name, model in _models(args.zoo):
+        model.set_precision(args.precision)
         results[name] = {
             "architecture": model.arch,
             "input_size": model.cfg.input_size,
@@ -238,6 +245,7 @@ def main() -> None:
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()})",
         "torch_threads": torch.get_num_threads(),
+        "precision": args.precision,
         "batch_size": args.batch_size,
         "layout": args.layout,
         "grids": {k: list(v.image.shape[1:]) for k, v in cases.items()},

@@ -3,13 +3,14 @@
 ``provenance(model_dir, sae_dir, zoo=..., device=...)`` returns::
 
     {"model_id", "model_sha256", "sae_id", "sae_sha256", "package_version",
-     "zoo_config_sha256", "seed", "device", "torch_version"}
+     "zoo_config_sha256", "seed", "device", "precision", "torch_version"}
 
 The sha256 values are of the weights files' bytes as they are on disk now (not copied from
 the cards), cached per ``(path, size, mtime_ns)`` so a resident service hashes each file once.
 Ids come from the cards (or the folder names); no host path, file name or upload header text
 is ever part of the block. ``zoo_config_sha256`` is ``zoo.json``'s ``config_sha256`` (or the
-hash of its ``config``); ``seed`` the model's training seed from its card.
+hash of its ``config``); ``seed`` the model's training seed from its card; ``precision`` the
+network's (``fp32``, or the ``bf16``/``fp16`` autocast it ran under; SAE codes are float32 always).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ KEYS = (
     "zoo_config_sha256",
     "seed",
     "device",
+    "precision",
     "torch_version",
 )
 
@@ -93,6 +95,7 @@ def provenance(
     *,
     zoo: str | Path | None = None,
     device: str | None = None,
+    precision: str = "fp32",
     model_card: dict[str, Any] | None = None,
     sae_card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -114,5 +117,6 @@ def provenance(
     out["package_version"] = __version__
     out["zoo_config_sha256"] = zoo_config_sha256(zoo)
     out["device"] = device
+    out["precision"] = precision
     out["torch_version"] = torch.__version__
     return out

@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, *, pool: ModelPool | None = Non
         resident = pool or ModelPool(
             settings.zoo_dir,
             device=settings.device,
+            precision=settings.precision,
             concurrency=settings.inference_concurrency,
             prefix_cache_bytes=settings.prefix_cache_bytes,
             metrics=metrics,

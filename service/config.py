@@ -9,6 +9,8 @@ Defaults give a working single-machine service with nothing else installed:
   ``postgresql+psycopg://user@host:5432/db`` (a ``?options=-csearch_path%3Dschema`` query selects a schema).
 - ``MEDSEGLENS_REDIS_URL`` (default unset: jobs run in an embedded executor).
 - ``MEDSEGLENS_DEVICE``: ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda:N``.
+- ``MEDSEGLENS_PRECISION`` (default ``fp32``): the resident networks' precision, ``bf16`` (autocast
+  on CPU or CUDA) or ``fp16`` (CUDA only); SAE codes stay float32. Recorded in every provenance block.
 - ``MEDSEGLENS_ZOO`` (default ``<DATA_DIR>/zoo``): ``models/*``, ``saes/*``, ``reports/*``.
 - ``MEDSEGLENS_MAX_UPLOAD_BYTES`` (default 1 GiB per request), ``MEDSEGLENS_MAX_VOXELS``
   (default 300**3 per modality volume).
@@ -36,6 +38,9 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", description="SQLAlchemy URL; empty -> SQLite in data_dir.")
     redis_url: str | None = Field(default=None, description="Redis for RQ jobs; unset -> embedded executor.")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="Resident networks' precision (bf16/fp16 autocast; fp16 needs CUDA)."
+    )
     zoo: Path | None = Field(default=None, description="Zoo root; unset -> <data_dir>/zoo.")
     max_upload_bytes: int = Field(default=2**30, gt=0, description="Bytes per upload request.")
     max_voxels: int = Field(default=300**3, gt=0, description="Voxels per modality volume.")

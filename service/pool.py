@@ -132,6 +132,13 @@ def resolve_device(spec: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_precision(precision: str, device: str | None = None) -> str:
+    """:func:`medseglens_core.models.base.check_precision` (imported late: it imports torch)."""
+    from medseglens_core.models.base import check_precision
+
+    return check_precision(precision, device)
+
+
 def nbytes_of(value: Any) -> int:
     """Bytes held by tensors/arrays inside ``value`` (nested in dicts, lists, tuples or dataclasses)."""
     if hasattr(value, "element_size") and hasattr(value, "nelement"):
@@ -222,6 +229,7 @@ class ModelPool:
         zoo: Path,
         *,
         device: str = "auto",
+        precision: str = "fp32",
         concurrency: int = 1,
         prefix_cache_bytes: int = 2 * 2**30,
         metrics: Metrics | None = None,
@@ -231,6 +239,7 @@ class ModelPool:
         self.zoo = Path(zoo)
         self.device_spec = device
         self.device: str | None = None
+        self.precision = _check_precision(precision)
         self.concurrency = concurrency
         self.metrics = metrics
         self.models: dict[str, Resident] = {}
@@ -255,6 +264,7 @@ class ModelPool:
         sae_dirs = self._entries(self.zoo / "saes")
         if model_dirs or sae_dirs:
             self.device = resolve_device(self.device_spec)
+            _check_precision(self.precision, self.device)  # fp16 on a CPU fails here, at startup
         for kind, dirs, loader, target in (
             ("model", model_dirs, self._loader("model"), self.models),
             ("sae", sae_dirs, self._loader("sae"), self.saes),
@@ -369,6 +379,8 @@ class ModelPool:
                 obj = obj.to(self.device)
             if hasattr(obj, "eval"):
                 obj.eval()
+            if hasattr(obj, "set_precision"):
+                obj.set_precision(self.precision)
         except _LOAD_ERRORS as exc:
             self._mark_unavailable(kind, path, f"{type(exc).__name__}: {exc}")
             return

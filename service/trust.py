@@ -138,6 +138,7 @@ def provenance_block(pool: Any, model: Any, sae: Any | None) -> dict[str, Any]:
         sae.path if sae is not None else None,
         zoo=pool.zoo,
         device=str(model.device),
+        precision=getattr(model.obj, "precision", "fp32"),
         model_card=model.card,
         sae_card=sae.card if sae is not None else None,
     )

@@ -82,7 +82,7 @@ def masked_tokens(h: torch.Tensor | Sequence[torch.Tensor], mask: torch.Tensor) 
         return to_tokens(torch.cat(pieces).float())[mask.reshape(-1).to(pieces[0].device)]
     # numpy: one copy, no thread-pool round trips (this runs after the network, per case)
     tokens = np.concatenate(
-        [p.detach().numpy().transpose(0, 2, 3, 1).reshape(-1, p.shape[1]) for p in pieces]
+        [p.detach().float().numpy().transpose(0, 2, 3, 1).reshape(-1, p.shape[1]) for p in pieces]
     )
     return torch.from_numpy(np.ascontiguousarray(tokens[mask.reshape(-1).numpy()], dtype=np.float32))
 

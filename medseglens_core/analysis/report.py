@@ -24,7 +24,7 @@ JSON schema (``schema_version`` 1; documented also in docs/diff-report.md)::
           "ood": {"calibrated": bool, "cohorts": {"<cohort>": {"n_cases", "n_flagged",
                   "flagged_fraction", "median_score", "nearest_cohort": {"<cohort>": int}}}},
           "provenance": {"model_id", "model_sha256", "sae_id", "sae_sha256", "package_version",
-                         "zoo_config_sha256", "seed", "device", "torch_version"}
+                         "zoo_config_sha256", "seed", "device", "precision", "torch_version"}
         }
       },
       "crossarch": [{"model_a", "model_b", "shared_fraction", "n_significant", "n_alive_a",

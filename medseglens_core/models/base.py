@@ -10,11 +10,22 @@ Interventions re-run only the part of the network after the hook point:
 ``p = model.run_prefix(x, hook)`` caches everything the rest of the network needs and
 ``model.run_suffix(p, h)`` finishes the forward pass from an (edited) activation ``h``.
 ``run_suffix(p, p.h)`` equals ``forward(x)`` bit for bit in eval mode.
+
+Precision: a model runs in float32 unless :meth:`SegModel.set_precision` names ``bf16`` (CPU or
+CUDA) or ``fp16`` (CUDA only); then ``forward``, ``run_prefix`` and ``run_suffix`` run under
+``torch.autocast`` with that dtype, and return what autocast gives (logits and ``Prefix.h`` in
+the low dtype; callers take ``.float()``). ``run_suffix`` casts an edited activation back to
+``prefix.h``'s dtype, so ``run_suffix(p, p.h.float())`` still equals ``forward(x)`` bit for bit
+and an empty edit made in float32 reproduces the prediction. SAE codes stay float32/float64:
+the SAE casts its input (``SAE.pre_acts``). Training ignores the setting (it has its own
+autocast on CUDA).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -25,6 +36,44 @@ from medseglens_core.errors import InvalidInput, NotFound
 
 NUM_CHANNELS = 4
 NUM_CLASSES = 4
+# Network precisions: the autocast dtype of each (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` (and, with ``device``, runs there: fp16
+    needs CUDA), else :class:`InvalidInput`."""
+    if precision not in PRECISIONS:
+        raise InvalidInput(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    if device is not None and precision == "fp16" and torch.device(device).type != "cuda":
+        raise InvalidInput(f"precision fp16 needs a CUDA device (the device is {device}); use bf16 on CPU")
+    return precision
+
+
+def _under_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` / ``run_prefix`` run under the model's autocast."""
+
+    @functools.wraps(fn)
+    def wrapper(self: SegModel, *args: Any, **kwargs: Any) -> Any:
+        if self.precision == "fp32":
+            return fn(self, *args, **kwargs)
+        with self.autocast():
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _suffix_under_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``run_suffix`` under the model's autocast, with ``h`` cast to ``prefix.h``'s dtype."""
+
+    @functools.wraps(fn)
+    def run_suffix(self: SegModel, prefix: Prefix, h: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp32":
+            return fn(self, prefix, h)
+        with self.autocast():
+            return fn(self, prefix, h.to(prefix.h.dtype))
+
+    return run_suffix
 
 
 @dataclass(frozen=True)
@@ -74,6 +123,32 @@ class SegModel(nn.Module):
     def __init__(self, cfg: BaseConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.precision = "fp32"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("forward", _under_autocast), ("run_prefix", _under_autocast)):
+            if name in cls.__dict__:
+                setattr(cls, name, wrap(cls.__dict__[name]))
+        if "run_suffix" in cls.__dict__:
+            cls.run_suffix = _suffix_under_autocast(cls.__dict__["run_suffix"])
+
+    def set_precision(self, precision: str) -> SegModel:
+        """Run the network in ``precision`` (``fp32``, ``bf16``, ``fp16``; module doc); returns self."""
+        self.precision = check_precision(precision)
+        return self
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """``torch.autocast`` for :attr:`precision` on the weights' device (nothing for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            yield
+            return
+        device = next(self.parameters()).device
+        check_precision(self.precision, device)
+        with torch.autocast(device.type, dtype=dtype):
+            yield
 
     @classmethod
     def from_config(cls, **config: Any) -> SegModel:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from service.cli import app
+from service.cli.models import PRECISION_HELP
 
 
 @app.command("intervene")
@@ -24,6 +25,7 @@ def intervene(
     mask: Annotated[
         Path | None, typer.Option("--mask", help="NIfTI mask on the case grid, for edits with scope 'mask'.")
     ] = None,
+    precision: Annotated[str, typer.Option("--precision", help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Apply an SAE latent intervention to one case and write baseline and edited segmentations."""
     import numpy as np
@@ -35,6 +37,7 @@ def intervene(
     from medseglens_core.interventions.spec import parse_spec
     from medseglens_core.interventions.zoo import load_model_dir, load_sae_for
     from medseglens_core.io import load_case, write_label_map
+    from medseglens_core.models.base import check_precision
 
     try:
         text = spec.read_text()
@@ -42,6 +45,7 @@ def intervene(
         raise InvalidSpec(f"cannot read the spec file {spec.name!r}: {exc.strerror}") from None
     parsed = parse_spec(text)
     net, _ = load_model_dir(zoo, model)
+    net.set_precision(check_precision(precision, next(net.parameters()).device))
     sparse, sae_card = load_sae_for(zoo, model, sae)
     loaded = load_case(case)
     mask_arr = None

@@ -10,6 +10,10 @@ import typer
 
 from service.cli import app
 
+PRECISION_HELP = (
+    "Network precision: fp32, bf16 (autocast, CPU or CUDA) or fp16 (CUDA only); SAE codes stay float32."
+)
+
 
 @app.command("train-model")
 def train_model_cmd(
@@ -77,6 +81,7 @@ def segment_cmd(
     case: Annotated[Path, typer.Option(help="Case folder (BraTS 2023 or 2021 file names).")],
     out: Annotated[Path, typer.Option(help="Output label map, e.g. seg.nii.gz (input grid and affine).")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
     batch_size: Annotated[int, typer.Option(help="Slices per forward call.")] = 16,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     zoo: Annotated[
@@ -91,10 +96,13 @@ def segment_cmd(
     the out-of-distribution flag (``ood``) and the weights' ``provenance``."""
     from medseglens_core.io import load_case, write_label_map
     from medseglens_core.metrics import region_volumes_ml, score_segmentation
+    from medseglens_core.models.base import check_precision
     from medseglens_core.models.card import load_model
-    from medseglens_core.models.inference import segment_case
+    from medseglens_core.models.inference import resolve_device, segment_case
 
+    check_precision(precision, resolve_device(device))
     net, card = load_model(model)
+    net.set_precision(precision)
     loaded = load_case(case)
     seg = segment_case(net, loaded, device=device, batch_size=batch_size)
     write_label_map(seg.labels, loaded.geometry, out)
@@ -150,7 +158,7 @@ def _trust_blocks(
     if zoo is None:
         block = assess(None, case_profile(net, None, None, prepared, case.geometry.spacing))
         block["note"] = uncalibrated("no zoo to calibrate against: pass --zoo")["note"]
-        return block, provenance(model_dir, device=device, model_card=card)
+        return block, provenance(model_dir, device=device, precision=net.precision, model_card=card)
     from medseglens_core.analysis.encode import resolve_hook
     from medseglens_core.analysis.zoo import discover_zoo
     from medseglens_core.sae.io import load_sae
@@ -167,4 +175,6 @@ def _trust_blocks(
     block = assess(cal, case_profile(net, sae.obj if sae else None, hook, prepared, case.geometry.spacing))
     if cal.get("note"):
         block["note"] = cal["note"]
-    return block, provenance(model_dir, sae_dir, zoo=zoo, device=device, model_card=card)
+    return block, provenance(
+        model_dir, sae_dir, zoo=zoo, device=device, precision=net.precision, model_card=card
+    )

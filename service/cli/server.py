@@ -250,10 +250,13 @@ def serve(
     """Run the REST service (uvicorn). Builds the demo zoo on first start when no --zoo is given."""
     import uvicorn
 
+    from medseglens_core.models.base import check_precision
     from service.app import create_app
     from service.config import get_settings
+    from service.pool import resolve_device
 
     settings = get_settings()
+    check_precision(settings.precision, resolve_device(settings.device))  # fp16 on a CPU: say so now
     if zoo is not None:
         settings = settings.model_copy(update={"zoo": zoo.expanduser().absolute()})
     elif not _zoo_is_built(settings.zoo_dir):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -45,4 +47,7 @@ class Provenance(BaseModel):
     zoo_config_sha256: str | None
     seed: int | None = Field(description="The model's training seed (its card).")
     device: str | None
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="The network's precision (bf16/fp16: autocast); SAE codes are float32."
+    )
     torch_version: str
