@@ -4,7 +4,7 @@ For a batch ``x (B, d)`` of SCALED tokens, with ``m = d_sae`` and selected codes
 entries, about ``k*B``):
 
     x_c  = x - b_dec                         pre = x_c @ W_enc + b_enc       (the one dense GEMM)
-    z    = select(relu(pre))  (sparse)       x_hat = z @ W_dec + b_dec        (CSR @ dense, nnz*d)
+    z    = select(relu(pre))  (sparse)       x_hat = z @ W_dec + b_dec        (embedding bag, nnz*d)
 
 ``pre`` is computed and selected from one row chunk at a time (:func:`encode_select`): each
 chunk goes into a small buffer reused across chunks and steps and its candidate codes are
@@ -17,13 +17,16 @@ Gradients, with ``g = dL/dx_hat = 2 (x_hat - x) / B``:
 
     dL/dz_S      = (g @ W_dec^T)_S           sampled dense-dense product (SDDMM) on S only
     dL/dpre_S    = dL/dz_S * [z_S > 0]
-    dL/dW_dec    = z^T @ g                   transposed-CSR @ dense
-    dL/dW_enc    = x_c^T @ dL/dpre           = (dpre^T @ x_c)^T, transposed-CSR @ dense
+    dL/dW_dec    = z^T @ g                   embedding bag over the transpose's rows
+    dL/dW_enc    = x_c^T @ dL/dpre           = (dpre^T @ x_c)^T, the same
     dL/db_enc    = column sums of dL/dpre    bincount over S
     dL/db_dec    = sum_b g - W_enc @ (column sums of dL/dpre)   one matrix-vector product
 
 so the dense gradient through the encoder input that autograd would compute only to obtain
 ``b_dec``'s gradient is never formed, and no ``B x m`` dense gradient is materialised.
+The three sparse @ dense products are ``F.embedding_bag(mode="sum", per_sample_weights=...)``
+(one weighted bag per row of ``z`` or of its transpose), 2-5x faster on CPU than MKL's CSR @ dense
+and with a different summation order (the results agree to float rounding).
 The aux-k term (dead latents reconstructing the detached residual ``x - x_hat``) reuses the
 dead latents' pre-activations kept by the encoder pass; only rows with more than ``aux_k``
 positive dead pre-activations select their ``aux_k`` largest (one introselect per row, the
@@ -42,9 +45,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medseglens_core.sae.base import SAE, SparseCodes
-from medseglens_core.sae.select import batch_topk_select, codes_from_flat, numpy_view
+from medseglens_core.sae.select import batch_topk_select, candidates_above, codes_from_flat, numpy_view
 
 __all__ = ["StepStats", "batch_topk_select", "encode_select", "fast_step"]
 
@@ -52,8 +56,8 @@ __all__ = ["StepStats", "batch_topk_select", "encode_select", "fast_step"]
 # enough that a chunk (256 x 2048 float32 = 2 MiB) is still in cache when it is filtered.
 CHUNK_ROWS = 256
 # The aux-k term runs as dense GEMMs over the dead latents unless its codes fill less than
-# 1/AUX_SPARSE_BELOW of the (B, n_dead) matrix: on CPU a BLAS GEMM runs about 15x the FLOP
-# rate of the CSR products, so sparse wins only below about that fill.
+# 1/AUX_SPARSE_BELOW of the (B, n_dead) matrix: measured on CPU (benchmarks/sae_step.py), the
+# sparse path ties the dense one at 25% fill (50% dead, aux_k 256) and loses at 50% (10% dead).
 AUX_SPARSE_BELOW = 16
 
 
@@ -101,12 +105,20 @@ class _Pattern:
         self.perm = key.argsort(stable=True)
         self._t_counts = torch.bincount(codes.cols, minlength=m)
         self._t_cols = codes.rows.index_select(0, self.perm).to(idx_t)
+        # bag offsets of the rows and of the transpose's rows, for the embedding-bag products
+        self._offsets = self.z.crow_indices()[:-1]
+        self._t_offsets = torch.zeros(m, dtype=idx_t, device=codes.cols.device)
+        torch.cumsum(self._t_counts[:-1], 0, out=self._t_offsets[1:])
 
-    def transposed(self, vals: torch.Tensor) -> torch.Tensor:
-        """CSR ``(m, B)`` of the transpose, carrying ``vals`` (given in the pattern's order)."""
-        return _csr(
-            self._t_counts, self._t_cols, vals.index_select(0, self.perm), (self.m, self.codes.n_rows)
-        )
+    def times(self, dense: torch.Tensor) -> torch.Tensor:
+        """``z @ dense`` (``(B, d)``) with the pattern's own values: a weighted embedding bag per row."""
+        cols = self.z.col_indices()
+        return F.embedding_bag(cols, dense, self._offsets, mode="sum", per_sample_weights=self.codes.vals)
+
+    def t_times(self, vals: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``z(vals)^T @ dense`` (``(m, d)``) for values ``vals`` given in the pattern's order."""
+        w = vals.index_select(0, self.perm)
+        return F.embedding_bag(self._t_cols, dense, self._t_offsets, mode="sum", per_sample_weights=w)
 
     def sddmm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Values of ``a @ b`` at the pattern's positions, in the pattern's order."""
@@ -163,8 +175,8 @@ def _sparse_grads(
     if l1:
         dz += l1 * sae.W_dec.norm(dim=1).index_select(0, codes.cols)
     dpre = dz * (codes.vals > 0)
-    g_wdec = (pat.transposed(codes.vals) @ err).mul_(scale)
-    g_wenc_t = pat.transposed(dpre) @ x_c
+    g_wdec = pat.t_times(codes.vals, err).mul_(scale)
+    g_wenc_t = pat.t_times(dpre, x_c)
     col_sum = torch.bincount(codes.cols, weights=dpre, minlength=pat.m).to(dpre.dtype)
     return g_wenc_t, g_wdec, col_sum
 
@@ -251,11 +263,11 @@ def _aux_sparse(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_aux_term` on the sparse pattern of ``z`` (full-width gradients, ``(m, d)``, ``(m,)``)."""
     b, coeff = err.shape[0], sae.cfg.aux_coeff
-    nz = support.nonzero()
-    rows, cols = nz[:, 0], nz[:, 1]
-    vals = z[rows, cols]
-    apat = _Pattern(SparseCodes(rows=rows, cols=dead_idx[cols], vals=vals, n_rows=b), sae.cfg.d_sae)
-    aerr = torch.addmm(err, apat.z, sae.W_dec)
+    local = codes_from_flat(*candidates_above(z, 0.0), b, z.shape[1])  # z's support, row-major
+    apat = _Pattern(
+        SparseCodes(rows=local.rows, cols=dead_idx[local.cols], vals=local.vals, n_rows=b), sae.cfg.d_sae
+    )
+    aerr = apat.times(sae.W_dec).add_(err)
     aux = coeff * torch.dot(aerr.view(-1), aerr.view(-1)) / b
     return (aux, *_sparse_grads(sae, apat, aerr, 2.0 * coeff / b, x_c, 0.0))
 
@@ -301,7 +313,7 @@ def fast_step(sae: SAE, x: torch.Tensor, dead: torch.Tensor | None = None) -> St
     codes, pre_dead = encode_select(sae, x_c, dead_idx)
     sae.observe_codes(codes.vals)
     pat = _Pattern(codes, m)
-    err = torch.addmm(sae.b_dec, pat.z, sae.W_dec).sub_(x)  # x_hat - x
+    err = pat.times(sae.W_dec).add_(sae.b_dec).sub_(x)  # x_hat - x
     err_sq = torch.dot(err.view(-1), err.view(-1))
     mse = err_sq / b
     l1 = cfg.l1_coeff / b if sae.uses_l1 else 0.0

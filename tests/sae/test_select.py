@@ -127,3 +127,20 @@ def test_keep_top_per_row_equals_topk_and_breaks_ties_as_topk():
     strided = z.t().contiguous().t()
     assert not strided.is_contiguous()
     assert torch.equal(step._keep_top_per_row_(strided, ka), expect)
+
+
+def test_pattern_products_equal_dense_products_with_empty_rows_and_columns():
+    from medseglens_core.sae.base import SparseCodes
+
+    b, m, d = 7, 11, 5
+    dense = torch.zeros(b, m)
+    dense[0, [1, 4]] = torch.tensor([0.5, 2.0])
+    dense[2, [0, 4, 10]] = torch.tensor([1.5, -0.25, 3.0])  # rows 1, 3.. empty; columns 2, 3.. empty
+    dense[6, 10] = 0.75
+    rows, cols = dense.nonzero(as_tuple=True)
+    pat = step._Pattern(SparseCodes(rows=rows, cols=cols, vals=dense[rows, cols], n_rows=b), m)
+    right, left = torch.randn(m, d), torch.randn(b, d)
+    torch.testing.assert_close(pat.times(right), dense @ right)
+    other = torch.randn(rows.numel())
+    dense_other = torch.zeros(b, m).index_put_((rows, cols), other)
+    torch.testing.assert_close(pat.t_times(other, left), dense_other.t() @ left)
