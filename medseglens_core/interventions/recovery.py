@@ -286,11 +286,12 @@ def run_recovery(
         src_change, src_heldout, spec_out = changes, changes, None
     else:
         if protocol in ("blind", "diff"):
-            chosen, spec = _blind(
+            chosen, spec, selection = _blind(
                 ev, families, calib_t, [i for i in calib_s if i.label is not None], gate, cfg, progress
             )
         else:
             chosen, spec = _unlabelled(ev, _gated(families, gate), calib_t, calib_s, src, cfg)
+            selection = {"reason": None if spec.edits else _NO_SPEC_UNLABELLED.format(cfg=cfg)}
         after = _dice_after(ev, evaluate, spec)
         rows = [_row(ev, item, spec, a, cfg) for item, a in zip(evaluate, after, strict=True)]
         src_change = float(ev.change(labelled_src, [spec])[0]) if spec.edits else 0.0
@@ -302,6 +303,8 @@ def run_recovery(
                     labelled_src, ev.evals, time.perf_counter() - t0)  # fmt: skip
     doc["source_dice_change_heldout"] = src_heldout
     doc["chosen_family"] = chosen
+    if protocol != "oracle":
+        doc["selection"] = selection
     held_src = [i for i in src if id(i) not in {id(c) for c in calib_s}]
     doc["gate"] = gate_report(gate_reader, gfit, evaluate, held_src) if gfit is not None else None
     if diff is not None and protocol == "diff":
@@ -476,29 +479,49 @@ def _gated(named: Named, gate: Gate | None) -> Named:
 
 def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cfg: RecoveryConfig,
            progress: Progress):  # fmt: skip
-    """The best feasible spec on the calibration split: (family name, spec). With a gate the
-    steering fit sees the target only (the gate keeps the source out); without, both."""
+    """The best feasible spec on the calibration split: (family name, spec, selection record).
+    With a gate the steering fit sees the target only (the gate keeps the source out); without,
+    both. The record counts what passed each filter and, when no spec is chosen, says why."""
     named = list(families)
     if cfg.steer_blind:
         fit_on = list(calib_t) if gate is not None else [*calib_t, *calib_s]
         named += _steer_candidates(ev, fit_on, [1.0] * len(fit_on), False, cfg)
     named = _gated(named, gate)
     specs = [s for _, s in named]
+    base = float(np.mean([ev.base(i) for i in calib_t]))
     gain = np.mean([ev.many(i, specs, screen=True) for i in calib_t], axis=0)
     safe = ev.harmless(calib_s, specs, cfg, screen=True)
     order = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
     keep = [named[i] for i in order[: 2 * cfg.confirm_top]]
+    record: dict[str, Any] = {"candidates": len(named), "harmless_at_screen": int(safe.sum()),
+                              "calibration_dice_before": base}  # fmt: skip
     if not keep:
-        return None, InterventionSpec()
+        return None, InterventionSpec(), record | {"reason": _NO_SPEC["harm"].format(cfg=cfg)}
     specs = [s for _, s in keep]
     gain = np.mean([ev.many(i, specs) for i in calib_t], axis=0)
-    safe = ev.harmless(calib_s, specs, cfg) & _keeps_core(ev, calib_t, specs, cfg)
-    ok = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
-    base = float(np.mean([ev.base(i) for i in calib_t]))
-    if not ok or gain[ok[0]] <= base:
-        return None, InterventionSpec()
+    harmless, core = ev.harmless(calib_s, specs, cfg), _keeps_core(ev, calib_t, specs, cfg)
+    ok = [i for i in np.argsort(-gain, kind="stable") if harmless[i] and core[i]]
+    record |= {"confirmed": len(keep), "harmless_confirmed": int(harmless.sum()),
+               "keep_core": int((harmless & core).sum()), "best_calibration_dice": float(gain.max())}  # fmt: skip
+    if not ok:
+        reason = _NO_SPEC["core" if harmless.any() else "harm_confirmed"].format(cfg=cfg)
+        return None, InterventionSpec(), record | {"reason": reason}
+    if gain[ok[0]] <= base:
+        return None, InterventionSpec(), record | {"reason": _NO_SPEC["gain"].format(cfg=cfg)}
     _emit(progress, stage="blind", chosen=keep[ok[0]][0], calib_dice=round(float(gain[ok[0]]), 4))
-    return keep[ok[0]][0], keep[ok[0]][1]
+    return keep[ok[0]][0], keep[ok[0]][1], record | {"reason": None}
+
+
+# Why a blind (or diff) protocol chose no spec: recovery.json ``selection.reason``.
+_NO_SPEC = {
+    "harm": "no candidate kept the source calibration cases (mean Dice change >= -{cfg.source_tolerance}, "
+    "none below -{cfg.source_case_tolerance}) at screening",
+    "harm_confirmed": "no confirmed candidate kept the source calibration cases (mean Dice change >= "
+    "-{cfg.source_tolerance}, none below -{cfg.source_case_tolerance})",
+    "core": "every confirmed candidate that kept the source lowered TC or ET on the calibration target "
+    "cases by more than {cfg.core_tolerance} (core guard)",
+    "gain": "no safe candidate raised the calibration target cases' mean Dice",
+}
 
 
 def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: RecoveryConfig) -> np.ndarray:
@@ -513,6 +536,11 @@ def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: Re
             after = case_scores(item, labels, cfg.region)
             loss[k] += [after[r] - before[r] for r in regions]
     return (loss / max(len(calib_t), 1) >= -cfg.core_tolerance).all(axis=1)
+
+
+_NO_SPEC_UNLABELLED = (
+    "no clamp-active spec kept the source predictions' region Dice >= 1 - 5 x {cfg.source_tolerance}"
+)
 
 
 def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig):

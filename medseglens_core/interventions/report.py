@@ -105,6 +105,11 @@ def render_recovery_html(docs: list[dict[str, Any]]) -> str:
         parts.append(_baseline_table(d))
         if d.get("spec"):
             parts.append(f"<p>Spec applied to every held-out case: {_spec_text(d['spec'])}</p>")
+        reason = (d.get("selection") or {}).get("reason")
+        if reason:
+            parts.append(
+                f"<p><b>No spec chosen:</b> {html.escape(reason)}; the held-out cases are unedited.</p>"
+            )
         if d.get("calibration"):
             ids = ", ".join(html.escape(c) for c in d["calibration"]["target_case_ids"])
             parts.append(f"<p>Calibration target cases (not evaluated): {ids}</p>")

@@ -71,6 +71,13 @@ def test_protocols_recover_the_planted_failures(cohorts, protocol: str) -> None:
         assert doc["calibration"]["target_case_ids"] == ["ssa-10", "ssa-11"]
         assert {e["latent"] for e in doc["spec"]["edits"]} == {1}
         assert all(r["spec"] is not None for r in doc["cases"])
+        assert doc["selection"]["reason"] is None
+    if protocol == "blind":
+        sel = doc["selection"]
+        assert sel["candidates"] >= sel["harmless_at_screen"] >= sel["confirmed"] >= sel["keep_core"] >= 1
+        assert sel["best_calibration_dice"] > 0.5 > sel["calibration_dice_before"] == 0.0
+    if protocol == "oracle":
+        assert "selection" not in doc
 
 
 def test_blind_refuses_specs_that_harm_the_source(cohorts) -> None:
@@ -81,6 +88,8 @@ def test_blind_refuses_specs_that_harm_the_source(cohorts) -> None:
     )
     assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
     assert np.isclose(doc["dice_after"], doc["dice_before"])
+    assert doc["selection"]["harmless_at_screen"] == 0
+    assert doc["selection"]["reason"].startswith("no candidate kept the source calibration cases")
 
 
 def test_screened_harm_of_a_no_op_spec_is_zero() -> None:
@@ -118,3 +127,8 @@ def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
         identity_sae(), src, tgt, "blind", model_id="m", source="adult", target="ssa", config=strict
     )
     assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
+    sel = doc["selection"]
+    assert sel["harmless_confirmed"] >= 1 and sel["keep_core"] == 0 and "core guard" in sel["reason"]
+    from medseglens_core.interventions.report import render_recovery_html
+
+    assert "No spec chosen:" in render_recovery_html([doc]) and "core guard" in render_recovery_html([doc])
