@@ -491,12 +491,18 @@ def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cf
     base = float(np.mean([ev.base(i) for i in calib_t]))
     gain = np.mean([ev.many(i, specs, screen=True) for i in calib_t], axis=0)
     safe = ev.harmless(calib_s, specs, cfg, screen=True)
-    order = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
-    keep = [named[i] for i in order[: 2 * cfg.confirm_top]]
     record: dict[str, Any] = {"candidates": len(named), "harmless_at_screen": int(safe.sum()),
                               "calibration_dice_before": base}  # fmt: skip
+    # the core guard before the cut to the best few, so a core-keeping candidate further down
+    # the ranking is still confirmed when the best ones buy oedema with the core
+    up = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
+    core_ok = _keeps_core(ev, calib_t, [specs[i] for i in up], cfg) if up else np.zeros(0, bool)
+    record["keep_core_at_screen"] = int(core_ok.sum())
+    order = [i for i, ok in zip(up, core_ok, strict=True) if ok]
+    keep = [named[i] for i in order[: 2 * cfg.confirm_top]]
     if not keep:
-        return None, InterventionSpec(), record | {"reason": _NO_SPEC["harm"].format(cfg=cfg)}
+        why = "core_screen" if up else "harm"
+        return None, InterventionSpec(), record | {"reason": _NO_SPEC[why].format(cfg=cfg)}
     specs = [s for _, s in keep]
     gain = np.mean([ev.many(i, specs) for i in calib_t], axis=0)
     harmless, core = ev.harmless(calib_s, specs, cfg), _keeps_core(ev, calib_t, specs, cfg)
@@ -519,6 +525,8 @@ _NO_SPEC = {
     "harm_confirmed": "no confirmed candidate kept the source calibration cases (mean Dice change >= "
     "-{cfg.source_tolerance}, none below -{cfg.source_case_tolerance})",
     "core": "every confirmed candidate that kept the source lowered TC or ET on the calibration target "
+    "cases by more than {cfg.core_tolerance} (core guard)",
+    "core_screen": "every candidate that kept the source lowered TC or ET on the calibration target "
     "cases by more than {cfg.core_tolerance} (core guard)",
     "gain": "no safe candidate raised the calibration target cases' mean Dice",
 }

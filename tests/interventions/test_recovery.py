@@ -128,7 +128,9 @@ def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
     )
     assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
     sel = doc["selection"]
-    assert sel["harmless_confirmed"] >= 1 and sel["keep_core"] == 0 and "core guard" in sel["reason"]
+    assert (
+        sel["harmless_at_screen"] >= 1 and sel["keep_core_at_screen"] == 0 and "core guard" in sel["reason"]
+    )
     from medseglens_core.interventions.report import render_recovery_html
 
     assert "No spec chosen:" in render_recovery_html([doc]) and "core guard" in render_recovery_html([doc])
