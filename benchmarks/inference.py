@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseglens_core.models.base import PRECISIONS
+
 BRATS_SHAPE = (240, 240, 155)
 
 
@@ -211,7 +213,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=sorted(PRECISIONS),
         default="fp32",
         help="network precision (bf16/fp16 autocast; fp16 needs CUDA); the bare forward runs in it too",
     )

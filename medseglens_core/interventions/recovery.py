@@ -505,13 +505,12 @@ def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cf
         return None, InterventionSpec(), record | {"reason": _NO_SPEC[why].format(cfg=cfg)}
     specs = [s for _, s in keep]
     gain = np.mean([ev.many(i, specs) for i in calib_t], axis=0)
-    harmless, core = ev.harmless(calib_s, specs, cfg), _keeps_core(ev, calib_t, specs, cfg)
-    ok = [i for i in np.argsort(-gain, kind="stable") if harmless[i] and core[i]]
+    harmless = ev.harmless(calib_s, specs, cfg)  # the core guard (full volumes) already ran on these
+    ok = [i for i in np.argsort(-gain, kind="stable") if harmless[i]]
     record |= {"confirmed": len(keep), "harmless_confirmed": int(harmless.sum()),
-               "keep_core": int((harmless & core).sum()), "best_calibration_dice": float(gain.max())}  # fmt: skip
+               "keep_core": int(harmless.sum()), "best_calibration_dice": float(gain.max())}  # fmt: skip
     if not ok:
-        reason = _NO_SPEC["core" if harmless.any() else "harm_confirmed"].format(cfg=cfg)
-        return None, InterventionSpec(), record | {"reason": reason}
+        return None, InterventionSpec(), record | {"reason": _NO_SPEC["harm_confirmed"].format(cfg=cfg)}
     if gain[ok[0]] <= base:
         return None, InterventionSpec(), record | {"reason": _NO_SPEC["gain"].format(cfg=cfg)}
     _emit(progress, stage="blind", chosen=keep[ok[0]][0], calib_dice=round(float(gain[ok[0]]), 4))
@@ -524,8 +523,6 @@ _NO_SPEC = {
     "none below -{cfg.source_case_tolerance}) at screening",
     "harm_confirmed": "no confirmed candidate kept the source calibration cases (mean Dice change >= "
     "-{cfg.source_tolerance}, none below -{cfg.source_case_tolerance})",
-    "core": "every confirmed candidate that kept the source lowered TC or ET on the calibration target "
-    "cases by more than {cfg.core_tolerance} (core guard)",
     "core_screen": "every candidate that kept the source lowered TC or ET on the calibration target "
     "cases by more than {cfg.core_tolerance} (core guard)",
     "gain": "no safe candidate raised the calibration target cases' mean Dice",
