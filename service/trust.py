@@ -1,8 +1,10 @@
 """The ``ood`` and ``provenance`` blocks of segmentations and interventions (service side).
 
 OOD calibration per (model, SAE) comes, in this order, from: memory; ``ZOO/ood/<sae or model
-id>.json`` written by ``zoo build`` when its recorded weights sha256 match the files on disk;
-the data directory's cache ``DATA_DIR/ood/<id>-<sha>.json``; or it is computed once from the
+id>.json`` written by ``zoo build`` when its recorded weights sha256 match the files on disk and
+the model runs in float32 (the zoo calibrates in float32); the data directory's cache
+``DATA_DIR/ood/<id>-<sha>.json``, keyed by the weights and the network precision (a bf16 pool's
+latent rates are its own, so it calibrates on them); or it is computed once from the
 zoo's training and validation cases (``medseglens_core.analysis.ood.calibrate_from_zoo``, about
 10-15 s per SAE on 2 cores) and cached there. A zoo without those cases gives
 ``calibrated: false``. Nothing here writes into the zoo.
@@ -49,7 +51,8 @@ def calibration(pool: Any, model: Any, sae: Any | None, cache_root: Path | None)
         else None
     )
     name = sae.id if sae is not None else model.id
-    key = (str(Path(pool.zoo).resolve()), name, model_sha, sae_sha)
+    precision = str(getattr(model.obj, "precision", "fp32"))
+    key = (str(Path(pool.zoo).resolve()), name, model_sha, sae_sha, precision)
     with _lock:
         if key in _memory:
             return _memory[key]
@@ -57,11 +60,11 @@ def calibration(pool: Any, model: Any, sae: Any | None, cache_root: Path | None)
     with key_lock:
         if key in _memory:
             return _memory[key]
-        doc = _load(Path(pool.zoo) / "ood" / f"{name}.json", model_sha, sae_sha)
+        doc = _load(Path(pool.zoo) / "ood" / f"{name}.json", model_sha, sae_sha, precision)
         digest = hashlib.sha256(f"{key}".encode()).hexdigest()[:16]
         cached = Path(cache_root) / "ood" / f"{name}-{digest}.json" if cache_root is not None else None
         if doc is None and cached is not None:
-            doc = _load(cached, model_sha, sae_sha)
+            doc = _load(cached, model_sha, sae_sha, precision)
         if doc is None:
             hook = resolve_hook(model.obj, None, sae.card) if sae is not None else None
             doc = calibrate_from_zoo(
@@ -75,6 +78,7 @@ def calibration(pool: Any, model: Any, sae: Any | None, cache_root: Path | None)
                 sae_id=sae.id if sae is not None else None,
                 sae_sha256=sae_sha,
             )
+            doc["precision"] = precision
             if cached is not None:
                 try:
                     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -88,13 +92,15 @@ def calibration(pool: Any, model: Any, sae: Any | None, cache_root: Path | None)
         return doc
 
 
-def _load(path: Path, model_sha: str | None, sae_sha: str | None) -> dict[str, Any] | None:
+def _load(path: Path, model_sha: str | None, sae_sha: str | None, precision: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if doc.get("model_sha256") != model_sha or doc.get("sae_sha256") != sae_sha:
         return None  # calibrated on other weights
+    if doc.get("precision", "fp32") != precision:
+        return None  # calibrated on the rates of another network precision
     return doc
 
 

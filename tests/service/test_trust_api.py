@@ -84,3 +84,33 @@ def test_calibration_is_computed_once_cached_and_tied_to_the_weights(tmp_path):
     assert len(cached) == 1 and json.loads(cached[0].read_text()) == json.loads(json.dumps(cal))
     assert trust.calibration(pool, model, sae, tmp_path / "data") is cal  # memory
     assert not (zoo / "ood").exists()  # nothing written into the zoo
+
+
+def test_a_bf16_network_is_calibrated_on_its_own_rates(tmp_path):
+    import copy
+
+    zoo = _zoo_with_cases(tmp_path)
+    pool = tiny_pool(tiny_zoo())
+    pool.load()
+    pool.zoo = zoo
+    m, a = pool.models[UNET], pool.saes[UNET_SAE]
+    sae = SimpleNamespace(id=a.id, obj=a.obj, card=a.card, device="cpu", path=zoo / "saes" / UNET_SAE)
+
+    def resident(obj):
+        return SimpleNamespace(id=m.id, obj=obj, card=m.card, device="cpu", path=zoo / "models" / UNET)
+
+    fp32 = trust.calibration(pool, resident(m.obj), sae, tmp_path / "data")
+    bf16 = trust.calibration(
+        pool, resident(copy.deepcopy(m.obj).set_precision("bf16")), sae, tmp_path / "data"
+    )
+    assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16" and bf16 is not fp32
+    assert len(list((tmp_path / "data" / "ood").glob(f"{UNET_SAE}-*.json"))) == 2  # one cache file each
+    # a zoo file written in float32 is not read for a bf16 network
+    (zoo / "ood").mkdir()
+    (zoo / "ood" / f"{UNET_SAE}.json").write_text(json.dumps({**fp32, "precision": "fp32"}))
+    trust._memory.clear()
+    assert (
+        trust.calibration(pool, resident(copy.deepcopy(m.obj).set_precision("bf16")), sae, None)["precision"]
+        == "bf16"
+    )
+    assert trust.calibration(pool, resident(m.obj), sae, None) == {**fp32, "precision": "fp32"}
