@@ -19,6 +19,7 @@ undoes steps 5, 4 and 2 for any per-slice map (logits, probabilities, latent map
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -108,16 +109,20 @@ class PreparedCase:
         out[:, x0:x1, y0:y1, z0:z1] = maps.permute(1, 2, 3, 0).numpy()
         return out
 
-    def argmax_to_case_grid(self, slice_probs: torch.Tensor, chunk: int = 16) -> np.ndarray:
+    def argmax_to_case_grid(self, slice_probs: torch.Tensor, chunk: int = 8) -> np.ndarray:
         """``(X, Y, Z)`` uint8 labels: the argmax over classes of :meth:`to_case_grid` of the slice
         probabilities ``(Z', C, h, w)``, background outside the crop and outside the brain mask.
 
-        Exactly the labels of ``to_case_grid(probs).argmax(0)`` (same per-slice bilinear resampling,
-        first maximum on ties), without materialising the ``(C, X, Y, Z)`` float grid: slices are
-        resampled ``chunk`` at a time and reduced to labels in torch. A slice whose every pixel has
-        class 0 as its (first) maximum is all background after resampling too (bilinear weights are
-        non-negative and each rounded step is monotone, so class 0 stays >= every other class), so
-        only the other slices are resampled.
+        The labels of ``to_case_grid(probs).argmax(0)`` (per-slice bilinear resampling, first
+        maximum on ties) without the ``(C, X, Y, Z)`` float grid, and without resampling most of
+        it: an output pixel is a convex combination (non-negative weights) of at most 2 x 2 model
+        pixels, so where every one of them has class 0 as its first maximum, class 0 is the first
+        maximum of the combination too. Only the window of each slice whose sources touch the
+        box of its foreground pixels (some class strictly above class 0) is resampled, as two
+        small products with torch's own bilinear weights (:func:`bilinear_weights`), clipped to
+        the brain's box; runs of up to ``chunk`` consecutive such slices share one window. The products sum the same two terms per axis as ``interpolate`` in
+        another rounding order, so a class whose probability ties another's to the last bit of
+        float32 after resampling may differ; exact ties (equal inputs) resolve as before.
         """
         rec = self.record
         probs = torch.as_tensor(slice_probs)
@@ -127,34 +132,36 @@ class PreparedCase:
             )
         x0, x1, y0, y1, z0, z1 = rec.crop
         px0, _, py0, _ = rec.pad
-        inside = np.zeros((z1 - z0, x1 - x0, y1 - y0), dtype=np.uint8)
-        brain = self.brain_mask[x0:x1, y0:y1, z0:z1]
-        rows, cols = brain.any(axis=1), brain.any(axis=0)  # (cx, Z'), (cy, Z')
-        with torch.inference_mode():
-            # slices where some class beats class 0 somewhere (strictly: ties go to class 0)
-            if probs.shape[1] > 1:
-                todo = torch.gt(probs[:, 1:].amax(dim=1), probs[:, 0]).flatten(1).any(dim=1)
-            else:
-                todo = torch.zeros(probs.shape[0], dtype=torch.bool)
-            todo = torch.nonzero(todo).flatten()
-            for s in range(0, todo.numel(), chunk):
-                idx = todo[s : s + chunk]
-                i0, i1 = int(idx[0]), int(idx[-1]) + 1
-                run = i1 - i0 == idx.numel()  # consecutive slices: views, no gather
-                maps = (probs[i0:i1] if run else probs[idx]).float()
-                if tuple(maps.shape[-2:]) != rec.padded_shape:
-                    maps = F.interpolate(maps, size=rec.padded_shape, mode="bilinear", align_corners=False)
-                ii = slice(i0, i1) if run else idx.numpy()
-                xs, ys = np.flatnonzero(rows[:, ii].any(axis=1)), np.flatnonzero(cols[:, ii].any(axis=1))
-                if xs.size == 0:
-                    continue
-                r0, r1, c0, c1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
-                maps = maps[:, :, px0 + r0 : px0 + r1, py0 + c0 : py0 + c1]  # the brain's box
-                inside[ii, r0:r1, c0:c1] = first_argmax(maps).numpy()
         out = np.zeros(rec.case_shape, dtype=np.uint8)
-        box = out[x0:x1, y0:y1, z0:z1]
-        box[...] = inside.transpose(1, 2, 0)
-        np.multiply(box, self.brain_mask[x0:x1, y0:y1, z0:z1], out=box)  # 0 outside the brain
+        if probs.shape[1] < 2:
+            return out
+        h, w = (int(n) for n in probs.shape[-2:])
+        rw, cw = bilinear_weights(h, rec.padded_shape[0]), bilinear_weights(w, rec.padded_shape[1])
+        brain = self.brain_mask[x0:x1, y0:y1, z0:z1]
+        # the brain's rows and columns per slice, on the padded grid: [lo, hi)
+        b_rows, b_cols = brain.any(axis=1), brain.any(axis=0)  # (cx, Z'), (cy, Z')
+        with torch.inference_mode():
+            fg = torch.gt(probs[:, 1:].amax(dim=1), probs[:, 0]).numpy()  # (Z', h, w)
+            fg_rows, fg_cols = fg.any(axis=2), fg.any(axis=1)  # (Z', h), (Z', w)
+            todo = np.flatnonzero(fg_rows.any(axis=1))
+            # runs of up to `chunk` consecutive slices share one window (the union of theirs)
+            breaks = np.flatnonzero(np.diff(todo) != 1) + 1
+            runs = [r[i : i + chunk] for r in np.split(todo, breaks) for i in range(0, r.size, chunk)]
+            for run in runs:
+                k0, k1 = int(run[0]), int(run[-1]) + 1
+                rows = _window(fg_rows[k0:k1].any(axis=0), rw, b_rows[:, k0:k1].any(axis=1), px0)
+                cols = _window(fg_cols[k0:k1].any(axis=0), cw, b_cols[:, k0:k1].any(axis=1), py0)
+                if rows is None or cols is None:
+                    continue
+                (i0, i1, a0, a1), (j0, j1, c0, c1) = rows, cols
+                p = probs[k0:k1, :, a0:a1, c0:c1].float()  # (k, C, a, c)
+                win = rw.w[i0 + px0 : i1 + px0, a0:a1] @ p @ cw.w[j0 + py0 : j1 + py0, c0:c1].t()
+                lab = first_argmax(win).numpy().transpose(1, 2, 0)  # (i, j, k)
+                np.multiply(
+                    lab,
+                    brain[i0:i1, j0:j1, k0:k1],
+                    out=out[x0 + i0 : x0 + i1, y0 + j0 : y0 + j1, z0 + k0 : z0 + k1],
+                )
         return out
 
     def labels_to_case_grid(self, slice_labels: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -196,6 +203,52 @@ def first_argmax(maps: torch.Tensor) -> torch.Tensor:
         if c + 1 < maps.shape[1]:
             torch.maximum(best, maps[:, c], out=best)
     return out
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """torch's bilinear weights from ``n_in`` to ``n_out`` samples (align_corners=False):
+    ``w (n_out, n_in)`` float32 and, per output sample, the first and last source index with a
+    nonzero weight (``lo``, ``hi``, inclusive)."""
+
+    w: torch.Tensor
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_weights(n_in: int, n_out: int) -> _Weights:
+    """The weights ``interpolate(mode="bilinear", align_corners=False)`` gives each source sample
+    along one axis, read off by resampling the identity (exact: one nonzero input per column)."""
+    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, n_in, 1)
+    with torch.inference_mode():
+        w = (
+            F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0]
+            .t()
+            .contiguous()
+        )
+    nz = w.numpy() != 0
+    lo = np.argmax(nz, axis=1)
+    hi = n_in - 1 - np.argmax(nz[:, ::-1], axis=1)
+    return _Weights(w, lo, hi)
+
+
+def _window(
+    fg_any: np.ndarray, wts: _Weights, brain_any: np.ndarray, pad0: int
+) -> tuple[int, int, int, int] | None:
+    """Along one axis: the output range ``[i0, i1)`` (crop coordinates) whose sources touch the
+    foreground ``fg_any`` (model samples), clipped to the brain's extent ``brain_any`` (crop
+    samples), and the source range ``[a0, a1)`` those outputs read; None when empty."""
+    src = np.flatnonzero(fg_any)
+    brain = np.flatnonzero(brain_any)
+    if src.size == 0 or brain.size == 0:
+        return None
+    touched = np.flatnonzero((wts.hi >= src[0]) & (wts.lo <= src[-1]))  # padded-grid outputs
+    i0 = max(int(touched[0]) - pad0, int(brain[0]))
+    i1 = min(int(touched[-1]) + 1 - pad0, int(brain[-1]) + 1)
+    if i0 >= i1:
+        return None
+    return i0, i1, int(wts.lo[i0 + pad0]), int(wts.hi[i1 - 1 + pad0]) + 1
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:

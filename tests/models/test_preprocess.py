@@ -178,10 +178,20 @@ def test_prepare_case_is_bit_identical_to_the_straightforward_chain(
     assert prepare_case(case, size, with_labels=False).labels is None
 
 
+def _same_but_rounding_ties(got: np.ndarray, want: np.ndarray, grid: np.ndarray) -> None:
+    """``got == want`` except where the two largest of ``grid``'s classes are within 4 float32 ulps."""
+    top2 = np.sort(grid, axis=0)[-2:]
+    near_tie = top2[1] - top2[0] <= 4 * np.finfo(np.float32).eps * top2[1]
+    differ = got != want
+    assert not (differ & ~near_tie).any(), np.argwhere(differ & ~near_tie)[:5]
+    assert differ.sum() <= max(1, differ.size // 10_000)
+
+
 @pytest.mark.parametrize(("shape", "spacing", "size", "gap"), IRREGULAR)
 def test_argmax_to_case_grid_matches_the_full_grid_on_irregular_cases(shape, spacing, size, gap):
-    """Skipped all-background slices, the brain's box per chunk and the 4-class argmax tree give
-    the labels of the full (4, X, Y, Z) probability grid's first argmax inside the brain."""
+    """The resampled foreground windows, the brain's box and the 4-class argmax tree give the
+    labels of the full (4, X, Y, Z) probability grid's first argmax inside the brain, exact ties
+    included; only where two classes tie to float32 rounding after resampling may they differ."""
     case = _irregular_case(shape, spacing, seed=sum(shape) + 1, gap_slice=gap)
     prep = prepare_case(case, size)
     g = torch.Generator().manual_seed(len(shape) + size)
@@ -197,9 +207,9 @@ def test_argmax_to_case_grid_matches_the_full_grid_on_irregular_cases(shape, spa
     want[x0:x1, y0:y1, z0:z1] = grid[:, x0:x1, y0:y1, z0:z1].argmax(axis=0)
     want[~prep.brain_mask] = 0
     before = probs.clone()
-    for chunk in (16, 2, 1):
-        assert np.array_equal(prep.argmax_to_case_grid(probs, chunk=chunk), want)
-    assert np.array_equal(prep.argmax_to_case_grid(probs.double()), want)
+    for chunk in (8, 2, 1):
+        _same_but_rounding_ties(prep.argmax_to_case_grid(probs, chunk=chunk), want, grid)
+    _same_but_rounding_ties(prep.argmax_to_case_grid(probs.double()), want, grid)
     assert torch.equal(probs, before)  # the caller's probabilities are left alone
     # non-consecutive slices to resample (gathered, not a view), and maps already on the padded grid
     sparse = probs.clone()
@@ -211,9 +221,23 @@ def test_argmax_to_case_grid_matches_the_full_grid_on_irregular_cases(shape, spa
     want = np.zeros(prep.record.case_shape, np.uint8)
     want[x0:x1, y0:y1, z0:z1] = grid[:, x0:x1, y0:y1, z0:z1].argmax(axis=0)
     want[~prep.brain_mask] = 0
-    assert np.array_equal(prep.argmax_to_case_grid(sparse, chunk=3), want)
-    assert np.array_equal(prep.argmax_to_case_grid(full, chunk=1), want)
+    _same_but_rounding_ties(prep.argmax_to_case_grid(sparse, chunk=3), want, grid)
+    assert np.array_equal(prep.argmax_to_case_grid(full), want)  # on the padded grid: no resampling
     assert not prep.argmax_to_case_grid(probs[:, :1]).any()  # one class: all background
+    # small foreground blobs (the usual case): only windows around them are resampled
+    blobs = probs.clone()
+    blobs[:, 0] = 1.0
+    h = size
+    for k, (r, c) in enumerate([(h // 2, h // 2), (0, 0), (h - 2, h - 3), (h // 2, 1)] * blobs.shape[0]):
+        if k < blobs.shape[0] and k % 3 != 1:
+            blobs[k, 0, r : r + 2, c : c + 3] = 0.0  # classes 1-3 win there
+    grid = prep.to_case_grid(blobs)
+    want = np.zeros(prep.record.case_shape, np.uint8)
+    want[x0:x1, y0:y1, z0:z1] = grid[:, x0:x1, y0:y1, z0:z1].argmax(axis=0)
+    want[~prep.brain_mask] = 0
+    assert want.any()
+    for chunk in (8, 1):
+        _same_but_rounding_ties(prep.argmax_to_case_grid(blobs, chunk=chunk), want, grid)
 
 
 def test_masked_stats_is_numpys_mean_and_std_bit_for_bit():
