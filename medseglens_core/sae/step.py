@@ -256,7 +256,6 @@ def _aux_term(
 def _aux_sparse(
     sae: SAE,
     z: torch.Tensor,
-    support: torch.Tensor,
     dead_idx: torch.Tensor,
     err: torch.Tensor,
     x_c: torch.Tensor,
@@ -284,7 +283,7 @@ def _add_aux(
     z, support, nnz = _aux_dense_codes(pre_dead, sae.cfg.aux_k)
     g_wenc_t, g_wdec, col_sum = grads
     if nnz * AUX_SPARSE_BELOW < z.numel():
-        aux, a_wenc_t, a_wdec, a_col = _aux_sparse(sae, z, support, dead_idx, err, x_c)
+        aux, a_wenc_t, a_wdec, a_col = _aux_sparse(sae, z, dead_idx, err, x_c)
         g_wenc_t += a_wenc_t
         g_wdec += a_wdec
         col_sum += a_col
