@@ -120,9 +120,10 @@ class PreparedCase:
         maximum of the combination too. Only the window of each slice whose sources touch the
         box of its foreground pixels (some class strictly above class 0) is resampled, as two
         small products with torch's own bilinear weights (:func:`bilinear_weights`), clipped to
-        the brain's box; runs of up to ``chunk`` consecutive such slices share one window. The products sum the same two terms per axis as ``interpolate`` in
-        another rounding order, so a class whose probability ties another's to the last bit of
-        float32 after resampling may differ; exact ties (equal inputs) resolve as before.
+        the brain's box; runs of up to ``chunk`` consecutive such slices share one window. The
+        products sum the same two terms per axis as ``interpolate`` in another rounding order, so
+        a class whose probability ties another's to the last bit of float32 after resampling may
+        differ; exact ties (equal inputs) resolve as before.
         """
         rec = self.record
         probs = torch.as_tensor(slice_probs)
@@ -138,7 +139,7 @@ class PreparedCase:
         h, w = (int(n) for n in probs.shape[-2:])
         rw, cw = bilinear_weights(h, rec.padded_shape[0]), bilinear_weights(w, rec.padded_shape[1])
         brain = self.brain_mask[x0:x1, y0:y1, z0:z1]
-        # the brain's rows and columns per slice, on the padded grid: [lo, hi)
+        # per slice, the crop rows and columns that hold brain
         b_rows, b_cols = brain.any(axis=1), brain.any(axis=0)  # (cx, Z'), (cy, Z')
         with torch.inference_mode():
             fg = torch.gt(probs[:, 1:].amax(dim=1), probs[:, 0]).numpy()  # (Z', h, w)
@@ -244,6 +245,8 @@ def _window(
     if src.size == 0 or brain.size == 0:
         return None
     touched = np.flatnonzero((wts.hi >= src[0]) & (wts.lo <= src[-1]))  # padded-grid outputs
+    if touched.size == 0:  # downsampling gives some samples no weight: their foreground is lost
+        return None
     i0 = max(int(touched[0]) - pad0, int(brain[0]))
     i1 = min(int(touched[-1]) + 1 - pad0, int(brain[-1]) + 1)
     if i0 >= i1:

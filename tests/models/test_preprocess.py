@@ -240,6 +240,25 @@ def test_argmax_to_case_grid_matches_the_full_grid_on_irregular_cases(shape, spa
         _same_but_rounding_ties(prep.argmax_to_case_grid(blobs, chunk=chunk), want, grid)
 
 
+def test_a_window_around_samples_that_downsampling_drops_is_empty():
+    from medseglens_core.data.preprocess import _window, bilinear_weights
+
+    wts = bilinear_weights(10, 4)  # sources 2 and 7 get no weight
+    assert not wts.w[:, 2].any() and wts.w[:, 3].any()
+    brain = np.ones(4, bool)
+    assert _window(np.eye(10, dtype=bool)[2], wts, brain, 0) is None
+    assert _window(np.eye(10, dtype=bool)[3], wts, brain, 0) == (1, 2, 3, 5)
+    # maps larger than the padded grid with foreground only on such samples: all background
+    case = planted_case(shape=(30, 28, 10))
+    prep = prepare_case(case, 16)
+    n = prep.record.padded_shape[0]
+    big = torch.zeros((prep.slices.shape[0], 4, 5 * n, 5 * n))
+    big[:, 0] = 1.0
+    dropped = np.flatnonzero(~bilinear_weights(5 * n, n).w.numpy().any(axis=0))
+    big[:, 2, dropped[len(dropped) // 2], :] = 2.0
+    assert not prep.argmax_to_case_grid(big).any()
+
+
 def test_masked_stats_is_numpys_mean_and_std_bit_for_bit():
     from medseglens_core.data.preprocess import masked_stats
 
