@@ -291,7 +291,7 @@ def run_recovery(
             )
         else:
             chosen, spec = _unlabelled(ev, _gated(families, gate), calib_t, calib_s, src, cfg)
-            selection = {"reason": None if spec.edits else _NO_SPEC_UNLABELLED.format(cfg=cfg)}
+            selection = {"reason": None if spec.edits else _NO_SPEC["unlabelled"].format(cfg=cfg)}
         after = _dice_after(ev, evaluate, spec)
         rows = [_row(ev, item, spec, a, cfg) for item, a in zip(evaluate, after, strict=True)]
         src_change = float(ev.change(labelled_src, [spec])[0]) if spec.edits else 0.0
@@ -517,7 +517,7 @@ def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cf
     return keep[ok[0]][0], keep[ok[0]][1], record | {"reason": None}
 
 
-# Why a blind (or diff) protocol chose no spec: recovery.json ``selection.reason``.
+# Why a blind, diff or blind-unlabelled protocol chose no spec: recovery.json ``selection.reason``.
 _NO_SPEC = {
     "harm": "no candidate kept the source calibration cases (mean Dice change >= -{cfg.source_tolerance}, "
     "none below -{cfg.source_case_tolerance}) at screening",
@@ -526,6 +526,7 @@ _NO_SPEC = {
     "core_screen": "every candidate that kept the source lowered TC or ET on the calibration target "
     "cases by more than {cfg.core_tolerance} (core guard)",
     "gain": "no safe candidate raised the calibration target cases' mean Dice",
+    "unlabelled": "no clamp-active spec kept the source predictions' region Dice >= 1 - 5 x {cfg.source_tolerance}",
 }
 
 
@@ -541,11 +542,6 @@ def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: Re
             after = case_scores(item, labels, cfg.region)
             loss[k] += [after[r] - before[r] for r in regions]
     return (loss / max(len(calib_t), 1) >= -cfg.core_tolerance).all(axis=1)
-
-
-_NO_SPEC_UNLABELLED = (
-    "no clamp-active spec kept the source predictions' region Dice >= 1 - 5 x {cfg.source_tolerance}"
-)
 
 
 def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig):
