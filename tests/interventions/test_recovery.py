@@ -134,3 +134,25 @@ def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
     from medseglens_core.interventions.report import render_recovery_html
 
     assert "No spec chosen:" in render_recovery_html([doc]) and "core guard" in render_recovery_html([doc])
+
+
+def test_blind_confirms_a_core_keeping_candidate_ranked_below_the_cut(cohorts) -> None:
+    """Seven candidates restore the oedema and erase the core (ET latent ablated); one, listed
+    last and tied on the oedema, keeps the core. The core guard runs before the cut to the best
+    ``2 x confirm_top`` at screening, so the core-keeping one is still confirmed and chosen."""
+    from medseglens_core.interventions.recovery import _blind, _Scores
+    from medseglens_core.interventions.spec import Edit, InterventionSpec
+
+    src, tgt = cohorts
+    cfg = RecoveryConfig(**{**CFG.__dict__, "steer_blind": False})
+    ev = _Scores(identity_sae(), "SNFH", stride=1)
+    restore = [Edit(latent=1, op="scale", value=f) for f in (5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0)]
+    bad = [
+        (f"erase-core {e.value}", InterventionSpec(edits=[e, Edit(latent=2, op="ablate")])) for e in restore
+    ]
+    good = ("keep-core", InterventionSpec(edits=[restore[0]]))
+    assert len(bad) > 2 * cfg.confirm_top
+    name, spec, record = _blind(ev, [*bad, good], tgt[:2], src, None, cfg, None)
+    assert name == "keep-core" and spec == good[1]
+    assert record["harmless_at_screen"] == 8 and record["keep_core_at_screen"] == 1
+    assert record["confirmed"] == 1 and record["reason"] is None
