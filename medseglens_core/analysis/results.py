@@ -12,7 +12,9 @@ wrote, so the tables of a build are a pure function of that build's artefacts:
 * **recovery**: every ``recovery.json`` under ``ZOO/reports`` or ``ZOO/recovery`` and any extra
   file given (one document or ``{"protocols": [...]}``);
 * **ood**: the OOD calibration files ``ZOO/ood/<model>.json`` when present (threshold,
-  calibration cases, flag rate per cohort).
+  calibration cases, flag rate per cohort);
+* **suite**: any leave-one-shift-out ``suite.json`` given (``medseglens recover-suite``): per
+  model and shift, each protocol's recovered failures and the best baseline under the blind rule.
 
 :func:`zoo_results` returns the JSON document; :func:`results_markdown` renders it as the
 README's Markdown tables.
@@ -178,6 +180,54 @@ def _baseline_cell(r: dict[str, Any]) -> str:
     return f"{r['best_baseline']} {_pct(r['best_baseline_recovered_fraction'])}{mark}"
 
 
+def suite_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """One row per (suite file, model, shift) of the given ``suite.json`` files: each protocol's
+    numbers and the best non-latent baseline under the blind rule (the suite's own ``summary``
+    names it)."""
+    rows = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise NotFound(
+                f"no suite file {path.name}; pass a suite.json written by medseglens recover-suite"
+            )
+        doc = _read(path)
+        try:
+            rows += _suite_file_rows(path, doc)
+        except (KeyError, TypeError, AttributeError):
+            raise NotFound(f"{path.name} is not a suite.json of medseglens recover-suite") from None
+    return rows
+
+
+def _suite_file_rows(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    cfg, rows = doc.get("config") or {}, []
+    for model_id, summary in doc["summary"].items():
+        for shift, best in summary["per_shift"].items():
+            mine = [r for r in doc["rows"] if r["model_id"] == model_id and r["shift"] == shift]
+            base = [r for r in mine if r["protocol"] == best.get("best_baseline")]
+            rows.append(
+                {
+                    "file": str(path),
+                    "seed": cfg.get("seed"),
+                    "n_target": cfg.get("n_target"),
+                    "model_id": model_id,
+                    "shift": shift,
+                    "design_shift": shift in (doc.get("design_shifts") or {}),
+                    "protocols": {r["protocol"]: _suite_numbers(r) for r in mine if r["kind"] == "latent"},
+                    "best_baseline": {"name": best["best_baseline"], **_suite_numbers(base[0])}
+                    if base
+                    else None,
+                    "latent_beats_baseline": best.get("latent_beats_baseline"),
+                }
+            )
+    return rows
+
+
+def _suite_numbers(r: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_failures", "recovered_fraction", "dice_before", "dice_after", "source_dice_change")
+    side = r.get("side_effects") or {}
+    return {k: r.get(k) for k in keys} | {"TC_change": side.get("TC"), "ET_change": side.get("ET")}
+
+
 def ood_rows(zoo: Path) -> list[dict[str, Any]]:
     """OOD calibration summaries (``ZOO/ood/<model>.json``)."""
     rows = []
@@ -196,7 +246,9 @@ def ood_rows(zoo: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def zoo_results(zoo: str | Path, recovery: Sequence[str | Path] = ()) -> dict[str, Any]:
+def zoo_results(
+    zoo: str | Path, recovery: Sequence[str | Path] = (), suite: Sequence[str | Path] = ()
+) -> dict[str, Any]:
     """Every result table of a zoo as one JSON document (see the module doc for the sources)."""
     z = Path(zoo)
     if not z.is_dir() or not any(z.glob("models/*/card.json")):
@@ -219,6 +271,7 @@ def zoo_results(zoo: str | Path, recovery: Sequence[str | Path] = ()) -> dict[st
         "crossarch": crossarch_rows(z),
         "recovery": recovery_rows(z, recovery),
         "ood": ood_rows(z),
+        "suite": suite_rows(suite),
     }
 
 
@@ -309,7 +362,52 @@ def results_markdown(doc: dict[str, Any]) -> str:
             for r in doc["ood"]
         ]
         out += _table(["model", "threshold", "calibration cases", *[f"flagged: {c}" for c in cohorts]], rows)
+    out += _suite_markdown(doc.get("suite") or [])
     return "\n".join(out) + "\n"
+
+
+def _suite_cell(p: dict[str, Any] | None) -> str:
+    """``recovered / failures (before -> after)``; ``not run`` / ``-`` where there is nothing."""
+    if p is None:
+        return "not run"
+    n = p.get("n_failures") or 0
+    if not n:
+        return "-"
+    rec = round((p.get("recovered_fraction") or 0.0) * n)
+    return f"{rec}/{n} ({_f(p.get('dice_before'))} -> {_f(p.get('dice_after'))})"
+
+
+def _suite_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    out = ["", "### Leave-one-shift-out suite (`*`: the shift informed a design choice)", ""]
+    failing = [r for r in rows if any((p.get("n_failures") or 0) for p in r["protocols"].values())]
+    table = []
+    for r in failing:
+        blind = r["protocols"].get("blind")
+        b = r["best_baseline"]
+        table.append(
+            [
+                f"{Path(r['file']).parent.name or '-'} (seed {r['seed']})",
+                r["model_id"],
+                r["shift"] + (" *" if r["design_shift"] else ""),
+                str(max(p.get("n_failures") or 0 for p in r["protocols"].values())),
+                *[_suite_cell(r["protocols"].get(p)) for p in ("oracle", "blind", "diff")],
+                f"{b['name'].split(' (')[0]} {_suite_cell(b)}" if b else "-",
+                _tc_et(blind) if blind else "-",
+            ]
+        )
+    header = ["suite", "model", "shift", "failures", "oracle", "blind", "diff", "best baseline (blind rule)"]
+    out += _table([*header, "blind TC / ET change"], table)
+    quiet: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r not in failing:
+            quiet.setdefault((Path(r["file"]).parent.name, r["model_id"]), []).append(r["shift"])
+    out += [""] + [
+        f"- {suite} {model}: no evaluated case fails (SNFH >= 0.5) under {', '.join(shifts)}"
+        for (suite, model), shifts in quiet.items()
+    ]
+    return out
 
 
 def _ood_rate(rate: dict[str, Any] | None) -> str:

@@ -51,13 +51,18 @@ def results(
     recovery: list[Path] = typer.Option(
         [], "--recovery", help="Extra recovery.json files (repeatable); the zoo's own are always read."
     ),
+    suite: list[Path] = typer.Option(
+        [],
+        "--suite",
+        help="suite.json files of medseglens recover-suite (repeatable): a table per model and shift.",
+    ),
 ) -> None:
-    """Print the result tables (Dice per cohort, SAE metrics, diff counts, recovery, OOD) from the
-    zoo's cards and reports; nothing is recomputed."""
+    """Print the result tables (Dice per cohort, SAE metrics, diff counts, recovery, OOD, and any
+    leave-one-shift-out suite given) from the zoo's cards and reports; nothing is recomputed."""
     import json
 
     from medseglens_core.analysis.results import results_markdown, zoo_results
 
-    doc = zoo_results(zoo, recovery)
+    doc = zoo_results(zoo, recovery, suite)
     as_json = fmt == ResultsFormat.json
     typer.echo(json.dumps(doc, indent=2) if as_json else results_markdown(doc), nl=as_json)

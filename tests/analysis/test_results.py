@@ -134,3 +134,68 @@ def test_cli_prints_both_formats_and_refuses_bad_input(zoo, tmp_path):
     assert isinstance(res.exception, NotFound) and "zoo build" in str(res.exception)  # main() prints one line
     with pytest.raises(NotFound):
         zoo_results(zoo, recovery=[tmp_path / "missing.json"])
+
+
+def _suite(path):
+    """A suite.json as recover-suite writes it: rows per (shift, model, protocol), the real summary."""
+    from medseglens_core.interventions.suite import summarise
+
+    common = {"model_id": "unet-adult"}
+
+    def latent(shift, protocol, n, rf, before, after, tc=0.0, et=0.0):
+        return {**common, "shift": shift, "protocol": protocol, "kind": "latent", "n_failures": n,
+                "recovered_fraction": rf, "dice_before": before, "dice_after": after, "source_dice_change": 0.0,
+                "side_effects": {"TC": tc, "ET": et}, "design_shift": shift == "modality_swap"}  # fmt: skip
+
+    def baseline(shift, name, n, rf, before, after):
+        return {**latent(shift, f"{name} (blind rule)", n, rf, before, after), "kind": "baseline"}
+
+    rows = [
+        latent("rician_noise", "oracle", 7, 1.0, 0.42, 0.63),
+        latent("rician_noise", "blind", 5, 0.8, 0.41, 0.60, tc=0.118, et=0.079),
+        latent("rician_noise", "diff", 5, 0.0, 0.41, 0.41),
+        baseline("rician_noise", "morph_ring", 5, 0.4, 0.41, 0.50),
+        baseline("rician_noise", "logit_bias_core", 5, 0.6, 0.41, 0.55),
+        latent("modality_swap", "blind", 6, 0.0, 0.17, 0.24, tc=-0.024, et=0.015),
+        baseline("modality_swap", "morph_ring", 6, 0.0, 0.17, 0.27),
+        *[{**common, "shift": "gain_offset", "protocol": p, "kind": "latent", "n_failures": 0,
+           "recovered_fraction": None} for p in ("oracle", "blind", "diff")],
+    ]  # fmt: skip
+    kinds = ["rician_noise", "modality_swap", "gain_offset"]
+    doc = {"config": {"seed": 9400, "n_target": 12}, "design_shifts": {"modality_swap": "control"},
+           "rows": rows, "summary": summarise(rows, kinds)}  # fmt: skip
+    _write(path, doc)
+    return path
+
+
+def test_suite_table_reads_each_protocol_and_the_best_baseline(zoo, tmp_path):
+    path = _suite(tmp_path / "s9400" / "suite.json")
+    doc = zoo_results(zoo, suite=[path])
+    rician = next(r for r in doc["suite"] if r["shift"] == "rician_noise")
+    assert rician["best_baseline"]["name"] == "logit_bias_core (blind rule)"
+    assert rician["latent_beats_baseline"] is True and rician["protocols"]["blind"]["TC_change"] == 0.118
+    md = results_markdown(doc)
+    assert (
+        "| s9400 (seed 9400) | unet-adult | rician_noise | 7 | 7/7 (0.42 -> 0.63) | 4/5 (0.41 -> 0.60) "
+        "| 0/5 (0.41 -> 0.41) | logit_bias_core 3/5 (0.41 -> 0.55) | +0.118 / +0.079 |" in md
+    )
+    assert (
+        "| s9400 (seed 9400) | unet-adult | modality_swap * | 6 | not run | 0/6 (0.17 -> 0.24) | not run "
+        in md
+    )
+    assert "- s9400 unet-adult: no evaluated case fails (SNFH >= 0.5) under gain_offset" in md
+    assert "Leave-one-shift-out" not in results_markdown(zoo_results(zoo))  # no suite given: no table
+    from service.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, ["zoo", "results", "--zoo", str(zoo), "--suite", str(path)])
+    assert res.exit_code == 0 and res.output == md
+    with pytest.raises(NotFound, match="recover-suite"):
+        zoo_results(zoo, suite=[tmp_path / "none.json"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": "x"}))
+    with pytest.raises(NotFound, match="not a suite.json"):
+        zoo_results(zoo, suite=[bad])
+    bad.write_text(json.dumps({"rows": [], "summary": {"unet-adult": {}}}))
+    with pytest.raises(NotFound, match="not a suite.json"):
+        zoo_results(zoo, suite=[bad])
