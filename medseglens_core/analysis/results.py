@@ -223,9 +223,10 @@ def _suite_file_rows(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _suite_numbers(r: dict[str, Any]) -> dict[str, Any]:
-    keys = ("n_failures", "recovered_fraction", "dice_before", "dice_after", "source_dice_change")
+    from medseglens_core.interventions.suite import row_numbers
+
     side = r.get("side_effects") or {}
-    return {k: r.get(k) for k in keys} | {"TC_change": side.get("TC"), "ET_change": side.get("ET")}
+    return row_numbers(r) | {"TC_change": side.get("TC"), "ET_change": side.get("ET")}
 
 
 def ood_rows(zoo: Path) -> list[dict[str, Any]]:
@@ -381,17 +382,20 @@ def _suite_markdown(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     out = ["", "### Leave-one-shift-out suite (`*`: the shift informed a design choice)", ""]
-    failing = [r for r in rows if any((p.get("n_failures") or 0) for p in r["protocols"].values())]
-    table = []
-    for r in failing:
-        blind = r["protocols"].get("blind")
-        b = r["best_baseline"]
+    table: list[list[str]] = []
+    quiet: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        n = max((p.get("n_failures") or 0 for p in r["protocols"].values()), default=0)
+        if not n:
+            quiet.setdefault((Path(r["file"]).parent.name, r["model_id"]), []).append(r["shift"])
+            continue
+        blind, b = r["protocols"].get("blind"), r["best_baseline"]
         table.append(
             [
                 f"{Path(r['file']).parent.name or '-'} (seed {r['seed']})",
                 r["model_id"],
                 r["shift"] + (" *" if r["design_shift"] else ""),
-                str(max(p.get("n_failures") or 0 for p in r["protocols"].values())),
+                str(n),
                 *[_suite_cell(r["protocols"].get(p)) for p in ("oracle", "blind", "diff")],
                 f"{b['name'].split(' (')[0]} {_suite_cell(b)}" if b else "-",
                 _tc_et(blind) if blind else "-",
@@ -399,10 +403,6 @@ def _suite_markdown(rows: list[dict[str, Any]]) -> list[str]:
         )
     header = ["suite", "model", "shift", "failures", "oracle", "blind", "diff", "best baseline (blind rule)"]
     out += _table([*header, "blind TC / ET change"], table)
-    quiet: dict[tuple[str, str], list[str]] = {}
-    for r in rows:
-        if r not in failing:
-            quiet.setdefault((Path(r["file"]).parent.name, r["model_id"]), []).append(r["shift"])
     out += [""] + [
         f"- {suite} {model}: no evaluated case fails (SNFH >= 0.5) under {', '.join(shifts)}"
         for (suite, model), shifts in quiet.items()

@@ -211,17 +211,18 @@ def _recover_rows(
     rows = []
     for d in docs:
         common = {"shift": kind, "model_id": model_id, "design_shift": design}
-        rows.append({**common, "protocol": d["protocol"], "kind": "latent", **_numbers(d),
+        rows.append({**common, "protocol": d["protocol"], "kind": "latent", **row_numbers(d),
                      "side_effects": d.get("side_effects"), "verdict": (d.get("verdict") or {}).get("summary"),
                      "diff_latents": len((d.get("diff_latents") or {}).get("latents", [])) if d["protocol"] == "diff" else None})  # fmt: skip
         if d["protocol"] in ("oracle", "blind"):
             for name, b in (d.get("baselines") or {}).items():
                 rows.append({**common, "protocol": f"{name} ({d['protocol']} rule)", "kind": "baseline",
-                             **_numbers(b), "side_effects": b.get("side_effects")})  # fmt: skip
+                             **row_numbers(b), "side_effects": b.get("side_effects")})  # fmt: skip
     return rows
 
 
-def _numbers(d: dict[str, Any]) -> dict[str, Any]:
+def row_numbers(d: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a suite row keeps of a recovery (or baseline) document."""
     return {
         k: d.get(k)
         for k in ("n_failures", "recovered_fraction", "dice_before", "dice_after", "source_dice_change")
