@@ -54,7 +54,7 @@ def results(
     suite: list[Path] = typer.Option(
         [],
         "--suite",
-        help="suite.json files of medseglens recover-suite (repeatable): a table per model and shift.",
+        help="suite.json files of medseglens recover-suite (repeatable): one table row per model and shift.",
     ),
 ) -> None:
     """Print the result tables (Dice per cohort, SAE metrics, diff counts, recovery, OOD, and any
