@@ -6,8 +6,9 @@ ratio in process CPU seconds (``pipeline_over_bare_forward_cpu``: on a shared ma
 ratio swings with the other processes, the CPU ratio much less) and ``stages_s``, each stage timed on its own: ``load_nifti_s`` (read the four files, canonicalise to
 RAS, stack), ``canonicalise_s`` (that reorienting copy into the stack alone), ``prepare_s`` (all of
 ``prepare_case`` as ``segment_case`` runs it) and its parts ``mask_crop_s`` (brain mask + crop box),
-``normalise_stats_s`` (the per-modality mean and std inside the mask) and ``zscore_resample_s``
-(z-score, transpose to slices, pad and antialiased resample), ``forward_s``, ``softmax_s``,
+``resample_stats_s`` (copy to slices, pad, antialiased resample of the raw intensities and the
+mask, the per-modality mean and std inside the mask summed on the way) and ``normalise_s`` (the
+z-score on the model grid), ``forward_s``, ``softmax_s``,
 ``undo_s`` (resample back + first argmax + placement), ``write_s`` (write the NIfTI label map).
 
 Grids: the 2 mm MNI grid of a synthetic adult case (99x117x95) and a 1 mm BraTS-size grid
@@ -192,13 +193,13 @@ def _prepare_parts(case, size: int, best) -> dict:
     mask = pp.brain_mask(image)
     x0, x1, y0, y1, z0, z1 = box = pp.crop_box(mask, spacing, pp.DEFAULT_MARGIN_MM)
     crop, cmask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
-    stats = [pp._stats(v) for v in pp._masked_values(image, box, cmask)]
     pad, padded = pp._square_pad(x1 - x0, y1 - y0, spacing[0], spacing[1])
+    res = pp._resampled_raw(crop, cmask, pad, padded, size)
     assert box == pp.prepare_case(case, size, with_labels=False).record.crop
     return {
         "mask_crop_s": best(lambda: pp.crop_box(pp.brain_mask(image), spacing, pp.DEFAULT_MARGIN_MM)),
-        "normalise_stats_s": best(lambda: [pp._stats(v) for v in pp._masked_values(image, box, cmask)]),
-        "zscore_resample_s": best(lambda: pp._normalised_slices(crop, cmask, stats, pad, padded, size)),
+        "resample_stats_s": best(lambda: pp._resampled_raw(crop, cmask, pad, padded, size)),
+        "normalise_s": best(lambda: pp._zscored(res)),
     }
 
 

@@ -5,7 +5,8 @@ Forward (:func:`prepare_case`), on a :class:`~medseglens_core.io.case.Case` (RAS
 1. brain mask: voxels nonzero in any modality (BraTS-style skull-stripped input);
 2. crop to the mask's bounding box, plus ``margin_mm`` in-plane; in z only brain slices are kept;
 3. z-score each modality with the mean and standard deviation inside the mask; 0 outside it
-   (done on the native grid, before resampling, so the statistics are those of real voxels);
+   (the statistics are those of the real voxels on the native grid; the z-score itself is
+   applied after resampling, which gives the same slices: see :func:`_resampled_raw`);
 4. zero-pad in-plane to a square field of view in millimetres (keeps the physical aspect,
    also for anisotropic in-plane spacing);
 5. resample each axial slice ``[:, :, z]`` to ``input_size x input_size``
@@ -22,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +32,6 @@ import torch.nn.functional as F
 from medseglens_core.errors import InvalidInput
 
 DEFAULT_MARGIN_MM = 4.0
-_ZSCORE_BLOCK = 1 << 19  # voxels z-scored at a time (4 MB of float64)
 
 
 class EmptyBrainMask(InvalidInput):
@@ -278,39 +279,6 @@ def crop_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: f
     return tuple(box)
 
 
-def masked_stats(channel: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """``(mean, std)`` of ``channel[mask]`` in float64, bit for bit ``np.mean`` and ``np.std`` of
-    ``channel[mask].astype(np.float64)`` (the same pairwise sums over the same order), with one
-    float64 buffer instead of numpy's four temporaries; std is 1.0 where it is below 1e-8."""
-    return _stats(channel[mask])
-
-
-def _stats(vals: np.ndarray) -> tuple[float, float]:
-    vals = vals.astype(np.float64)
-    n = vals.size
-    mean = float(np.add.reduce(vals) / n)
-    np.subtract(vals, mean, out=vals)
-    std = math.sqrt(float(np.add.reduce(np.multiply(vals, vals, out=vals)) / n))
-    return mean, (std if std > 1e-8 else 1.0)
-
-
-def _masked_values(image: np.ndarray, box: tuple[int, ...], crop_mask: np.ndarray) -> list[np.ndarray]:
-    """Per channel, ``image[c][x0:x1, y0:y1, z0:z1][crop_mask]``: the brain voxels in C order (the
-    order the statistics sum them in). For channels stored in Fortran order (as ``load_case``
-    gives them), a C-order boolean gather jumps through memory; one ``np.take`` per channel with
-    element offsets computed once is ~3x faster and gives the same values in the same order."""
-    x0, x1, y0, y1, z0, z1 = box
-    if not all(image[c].flags.f_contiguous for c in range(image.shape[0])) or image[0].flags.c_contiguous:
-        return [image[c, x0:x1, y0:y1, z0:z1][crop_mask] for c in range(image.shape[0])]
-    nx, ny = image.shape[1:3]
-    offsets = (
-        np.arange(x0, x1, dtype=np.int64)[:, None, None]
-        + np.arange(y0, y1, dtype=np.int64)[None, :, None] * nx
-        + np.arange(z0, z1, dtype=np.int64)[None, None, :] * (nx * ny)
-    )[np.ascontiguousarray(crop_mask)]
-    return [np.take(image[c].ravel(order="F"), offsets) for c in range(image.shape[0])]
-
-
 def _square_pad(cx: int, cy: int, sx: float, sy: float) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     side_mm = max(cx * sx, cy * sy)
     nx, ny = max(cx, round(side_mm / sx)), max(cy, round(side_mm / sy))
@@ -336,10 +304,9 @@ def prepare_case(
     mask = brain_mask(image)
     x0, x1, y0, y1, z0, z1 = box = crop_box(mask, spacing, margin_mm)
     crop, crop_mask = image[:, x0:x1, y0:y1, z0:z1], mask[x0:x1, y0:y1, z0:z1]
-    stats = [_stats(v) for v in _masked_values(image, box, crop_mask)]
-    mean, std = tuple(m for m, _ in stats), tuple(s for _, s in stats)
     pad, padded = _square_pad(x1 - x0, y1 - y0, spacing[0], spacing[1])
-    slices = _normalised_slices(crop, crop_mask, stats, pad, padded, input_size)
+    res = _resampled_raw(crop, crop_mask, pad, padded, input_size)
+    slices, mean, std = _zscored(res), res.mean, res.std
     labels = None
     if with_labels and case.label is not None:
         size = (input_size, input_size)
@@ -360,59 +327,106 @@ def prepare_case(
     return PreparedCase(slices=slices, labels=labels, brain_mask=mask, record=record)
 
 
-def _normalised_slices(crop, crop_mask, stats, pad, padded, input_size: int, chunk: int = 16) -> torch.Tensor:
-    """Steps 3-5 for the cropped image ``(4, cx, cy, Z')``: ``(Z', 4, S, S)`` float32.
+class _Resampled(NamedTuple):
+    """:func:`_resampled_raw`'s output: ``raw (Z', C + 1, S, S)`` (``[y, x]`` per slice) and the
+    per-channel ``offset`` (float32 values) subtracted inside the brain before resampling, with
+    the brain's ``mean`` and ``std`` (float64 statistics of the native-grid voxels)."""
 
-    Bit for bit ``interpolate(pad(zscore(crop)))`` of the straightforward chain, cheaper:
+    raw: torch.Tensor
+    offset: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
-    * each channel is z-scored in its own memory order, a few rows at a time (the float64
-      ``float32((float64(v) - mean) / std)`` of the straightforward z-score inside the mask, 0 outside), so
-      there is no full-volume float64 array;
-    * ``chunk`` axial slices at a time are transposed into small reused buffers (the allocator
-      keeps them from one chunk and case to the next; a padded copy of the volume would be
-      page-faulted in afresh each time);
-    * the antialiased resampling is torch's two separable passes called one at a time (the same
-      kernels in the same order as one call): along y only on the rows that hold brain in the
-      chunk (the padding rows and the rows outside the brain are 0 and give 0), then along x.
+
+def _resampled_raw(
+    crop: np.ndarray, crop_mask: np.ndarray, pad, padded, input_size: int, chunk: int = 16
+) -> _Resampled:
+    """Steps 4-5 on the cropped image ``(C, cx, cy, Z')`` and its brain mask ``M``, with step 3's
+    statistics gathered on the way.
+
+    ``raw[:, c]`` is ``R(v_c - offset_c * M)`` (``R``: pad + resample; ``[y, x]`` per slice),
+    ``raw[:, C]`` is ``R(M)``. Resampling is linear and the image is 0 outside the mask (the
+    mask is where any channel is nonzero), so the z-scored slices of the definition
+    ``R((v - mean) * M / std)`` are ``(raw_c - (mean - offset) * R(M)) / std``
+    (:func:`_zscored`): no z-scored copy of the native-grid volume, nothing in float64 per voxel.
+    The offset (a float32 guess of the mean, from the first chunk with brain) keeps the
+    resampled values near 0, so an intensity scale far from 0 loses no digits in float32.
+
+    ``chunk`` axial slices at a time are copied into one reused ``(chunk, C + 1, ny, w)`` buffer
+    (``[y, x]``, x fastest: the loaders' memory order, so the copy reads whole rows; ``w``: the
+    chunk's x extent with brain; ``ny``: the zero-padded y extent), where the offset is
+    subtracted (fused with the copy) and the statistics are summed (float32 within a slice,
+    float64 across slices; NumPy's loops, so the bits do not depend on torch's thread count).
+    Antialiased bilinear resampling is torch's two separable passes called one at a time: along
+    y on the chunk's columns with brain, then along x on the zero-padded field of view. The
+    buffer's layout is fixed, so every memory order of the input gives the same bits.
     """
     n_ch, cx, cy, nz = crop.shape
     px0, py0 = pad[0], pad[2]
-    # blocks along the axis that is slowest in memory (x for C order, z for the loaders' F order)
-    axis = int(np.argmax(crop.strides[1:]))
-    step = max(1, _ZSCORE_BLOCK * crop.shape[1 + axis] // (cx * cy * nz))
-    outside = ~crop_mask
-    normed = []
-    for c, (mean, std) in enumerate(stats):
-        z = np.empty_like(crop[c])  # the input's memory order
-        for b in range(0, crop.shape[1 + axis], step):
-            sl = (slice(None),) * axis + (slice(b, b + step),)
-            t = np.subtract(crop[c][sl], np.float64(mean), dtype=np.float64)
-            np.divide(t, np.float64(std), out=t)
-            np.copyto(t, 0.0, where=outside[sl])
-            z[sl] = t  # rounds to float32 as astype
-        normed.append(z)
-    # Resampling = torch's two separable passes, called one at a time (bit for bit the one call):
-    # along y on the rows of each chunk that hold brain (other rows are 0 and stay 0), then along x.
-    size, kw = input_size, {"mode": "bilinear", "align_corners": False, "antialias": True}
     nx, ny = padded
-    rows_with_brain = crop_mask.any(axis=1)  # (cx, Z')
-    out = torch.empty((nz, n_ch, size, size), dtype=torch.float32)
-    h_in = np.zeros(min(chunk, nz) * n_ch * cx * ny, dtype=np.float32)
-    h_out = torch.zeros((min(chunk, nz), n_ch, nx, size), dtype=torch.float32)
+    size, kw = input_size, {"mode": "bilinear", "align_corners": False, "antialias": True}
+    # (Z', C, cy, cx) views, no copy (torch takes no negative strides: a reversed view is copied)
+    image, mask = (torch.from_numpy(a if min(a.strides) >= 0 else a.copy()) for a in (crop, crop_mask))
+    image, mask = image.permute(3, 0, 2, 1), mask.permute(2, 1, 0)
+    cols_with_brain = crop_mask.any(axis=1)  # (cx, Z')
+    k_max = min(chunk, nz)
+    flat = torch.empty(k_max * (n_ch + 1) * ny * cx)  # every chunk writes all of its part
+    out_y = torch.zeros((k_max, n_ch + 1, size, nx))
+    raw = torch.empty((nz, n_ch + 1, size, size))
+    n_tot, offset, s1, s2 = 0, None, np.zeros(n_ch), np.zeros(n_ch)
     with torch.inference_mode():
         for s in range(0, nz, chunk):
             k = min(chunk, nz - s)
-            xs = np.flatnonzero(rows_with_brain[:, s : s + k].any(axis=1))
+            xs = np.flatnonzero(cols_with_brain[:, s : s + k].any(axis=1))
             if xs.size == 0:  # slices without brain inside the z range: all 0, as resampled
-                out[s : s + k] = 0.0
+                raw[s : s + k] = 0.0
                 continue
-            r0, r1 = int(xs[0]), int(xs[-1]) + 1
-            h = h_in[: k * n_ch * (r1 - r0) * ny].reshape(k, n_ch, r1 - r0, ny)
-            h[..., :py0] = 0.0
-            h[..., py0 + cy :] = 0.0
-            for c in range(n_ch):
-                h[:, c, :, py0 : py0 + cy] = normed[c][r0:r1, :, s : s + k].transpose(2, 0, 1)
-            h_out[:k].zero_()
-            h_out[:k, :, px0 + r0 : px0 + r1] = F.interpolate(torch.from_numpy(h), size=(r1 - r0, size), **kw)
-            out[s : s + k] = F.interpolate(h_out[:k], size=(size, size), **kw)
+            x0, x1 = int(xs[0]), int(xs[-1]) + 1
+            buf = flat[: k * (n_ch + 1) * ny * (x1 - x0)].view(k, n_ch + 1, ny, x1 - x0)
+            buf[:, :, :py0] = 0.0
+            buf[:, :, py0 + cy :] = 0.0
+            vals, brain = buf[:, :n_ch, py0 : py0 + cy], buf[:, n_ch:, py0 : py0 + cy]
+            brain[:, 0].copy_(mask[s : s + k, :, x0:x1])
+            src = image[s : s + k, :, :, x0:x1]
+            n = int(np.count_nonzero(crop_mask[x0:x1, :, s : s + k]))
+            per_slice = buf.numpy().reshape(k, n_ch + 1, -1)[:, :n_ch]  # (k, C, ny * w) view
+            if offset is None:
+                vals.copy_(src)
+                offset = torch.from_numpy(np.add.reduce(per_slice, axis=(0, 2)) / np.float32(n))
+                offset = offset.view(1, n_ch, 1, 1)
+                src = vals
+            torch.addcmul(src, brain, offset, value=-1.0, out=vals)  # v - offset in the brain, 0 outside
+            # NumPy's single-threaded sums (the same bits on any thread count), float32 per slice
+            s1 += np.add.reduce(per_slice, axis=2).sum(axis=0, dtype=np.float64)
+            s2 += np.einsum("kcn,kcn->kc", per_slice, per_slice).sum(axis=0, dtype=np.float64)
+            n_tot += n
+            out_y[:k, :, :, px0 + x0 : px0 + x1] = F.interpolate(buf, size=(size, x1 - x0), **kw)
+            if x0 > 0 or x1 < cx:  # columns a wider chunk before wrote
+                out_y[:k, :, :, px0 : px0 + x0] = 0.0
+                out_y[:k, :, :, px0 + x1 : px0 + cx] = 0.0
+            raw[s : s + k] = F.interpolate(out_y[:k], size=(size, size), **kw)
+    off = offset.view(-1).double().numpy()
+    shift = s1 / n_tot  # mean - offset
+    std = np.sqrt(np.maximum(s2 / n_tot - shift * shift, 0.0))
+    return _Resampled(
+        raw,
+        tuple(float(v) for v in off),
+        tuple(float(v) for v in off + shift),
+        tuple(float(v) if v > 1e-8 else 1.0 for v in std),
+    )
+
+
+def _zscored(res: _Resampled, chunk: int = 32) -> torch.Tensor:
+    """Step 3 on :func:`_resampled_raw`'s slices: ``(Z', C, S, S)`` float32 as ``[x, y]`` per
+    slice, ``(raw_c - (mean - offset) * R(M)) / std`` per channel."""
+    raw = res.raw
+    nz, n_ch = raw.shape[0], raw.shape[1] - 1
+    scale = torch.tensor([1.0 / s for s in res.std], dtype=torch.float32).view(1, n_ch, 1, 1)
+    shift = [(o - m) / s for m, o, s in zip(res.mean, res.offset, res.std, strict=True)]
+    shift = torch.tensor(shift, dtype=torch.float32).view(1, n_ch, 1, 1)
+    out = torch.empty((nz, n_ch, raw.shape[3], raw.shape[2]))
+    with torch.inference_mode():
+        for s in range(0, nz, chunk):
+            r = raw[s : s + chunk]
+            out[s : s + chunk] = torch.mul(r[:, :n_ch], scale).addcmul_(r[:, n_ch:], shift).transpose(2, 3)
     return out

@@ -77,12 +77,12 @@ def test_argmax_to_case_grid_equals_the_probability_grid_argmax(input_size):
     assert (fast[~prep.brain_mask] == 0).all()
 
 
-# --- the fast chain against the straightforward one it replaced, bit for bit ---------------------
+# --- the fast chain against the straightforward one it replaced ------------------------------
 
 
 def _reference_prepare(case, input_size: int, margin_mm: float = 4.0):
     """The chain as first written: full-volume mask, float64 z-score, padded permuted copy, one
-    antialiased interpolate (the definition the faster prepare_case must reproduce exactly)."""
+    antialiased interpolate (the definition the faster prepare_case must reproduce)."""
     import math
 
     import torch.nn.functional as F
@@ -155,27 +155,69 @@ def _loader_order(case: Case) -> Case:
     return Case(case.case_id, stack, case.label, case.geometry)
 
 
-@pytest.mark.parametrize("layout", ["c", "loader"])
 @pytest.mark.parametrize(("shape", "spacing", "size", "gap"), IRREGULAR)
-def test_prepare_case_is_bit_identical_to_the_straightforward_chain(
-    shape, spacing, size, gap, layout, monkeypatch
-):
-    import medseglens_core.data.preprocess as pp
-
-    monkeypatch.setattr(pp, "_ZSCORE_BLOCK", 700)  # many z-score blocks, a partial last one
+def test_prepare_case_matches_the_straightforward_chain_in_any_memory_order(shape, spacing, size, gap):
+    """Same crop, padding and labels as the chain as first written; statistics and slices equal
+    to float32 rounding (it z-scores after resampling); and the same bits from every memory order
+    of the input (C, the loaders' Fortran-like order, a reversed view)."""
     case = _irregular_case(shape, spacing, seed=sum(shape), gap_slice=gap)
-    if layout == "loader":
-        case = _loader_order(case)
-        assert case.image[0].flags.f_contiguous
     slices, labels, mask, box, pad, padded, mean, std = _reference_prepare(case, size)
     prep = prepare_case(case, size)
     rec = prep.record
-    assert (rec.crop, rec.pad, rec.padded_shape, rec.mean, rec.std) == (box, pad, padded, mean, std)
+    assert (rec.crop, rec.pad, rec.padded_shape) == (box, pad, padded)
+    assert np.allclose(rec.mean, mean, rtol=1e-6) and np.allclose(rec.std, std, rtol=1e-6)
     assert np.array_equal(prep.brain_mask, mask)
     assert prep.slices.dtype == torch.float32 and prep.slices.is_contiguous()
-    assert prep.slices.numpy().tobytes() == slices.numpy().tobytes()  # bit for bit, signs of 0 too
+    assert prep.slices.shape == slices.shape
+    assert float((prep.slices - slices).abs().max()) < 1e-5 * float(slices.abs().max())
+    assert float(prep.slices.abs().max()) > 1.0  # not trivially close: real z-scores
     assert torch.equal(prep.labels, labels)
     assert prepare_case(case, size, with_labels=False).labels is None
+    loader = _loader_order(case)
+    assert loader.image[0].flags.f_contiguous
+    flipped = Case(
+        case.case_id, np.ascontiguousarray(case.image[:, ::-1])[:, ::-1], case.label, case.geometry
+    )
+    assert min(flipped.image.strides) < 0
+    for other in (loader, flipped):
+        again = prepare_case(other, size)
+        assert again.record == rec
+        assert again.slices.numpy().tobytes() == prep.slices.numpy().tobytes()  # bit for bit
+
+
+def test_prepare_case_gives_the_same_bits_on_any_thread_count():
+    """Training data and served inputs must not depend on the machine's core count."""
+    case = _irregular_case((41, 33, 37), (1.0, 1.0, 1.0), seed=5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = prepare_case(case, 24)
+        torch.set_num_threads(2)
+        two = prepare_case(case, 24)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.record == two.record
+    assert one.slices.numpy().tobytes() == two.slices.numpy().tobytes()
+
+
+def test_statistics_stay_exact_for_intensities_far_from_zero():
+    """A scanner offset of 1e5 with a spread of 1: the mean and standard deviation inside the
+    brain match float64's over the same float32 voxels to a thousandth of the spread (float32
+    sums of squares minus the squared mean would lose every digit here), and the slices are
+    the z-scores of the chain as first written."""
+    base = _irregular_case((30, 26, 33), (1.0, 1.0, 1.0), seed=11)
+    rng = np.random.default_rng(12)
+    brain = np.any(base.image != 0, axis=0)
+    image = np.zeros_like(base.image)
+    for c in range(4):
+        image[c][brain] = (1e5 * (c + 1) + rng.normal(0.0, 1.0 + c, int(brain.sum()))).astype(np.float32)
+    far = prepare_case(Case("far", image, base.label, base.geometry), 24)
+    for c in range(4):
+        vals = image[c][brain].astype(np.float64)
+        assert abs(far.record.mean[c] - vals.mean()) < 1e-3 * vals.std()  # float32 sums: 1e-8 relative
+        assert far.record.std[c] == pytest.approx(vals.std(), rel=1e-4)
+    slices, *_ = _reference_prepare(Case("far", image, base.label, base.geometry), 24)
+    assert float((far.slices - slices).abs().max()) < 1e-3
 
 
 def _same_but_rounding_ties(got: np.ndarray, want: np.ndarray, grid: np.ndarray) -> None:
@@ -257,19 +299,6 @@ def test_a_window_around_samples_that_downsampling_drops_is_empty():
     dropped = np.flatnonzero(~bilinear_weights(5 * n, n).w.numpy().any(axis=0))
     big[:, 2, dropped[len(dropped) // 2], :] = 2.0
     assert not prep.argmax_to_case_grid(big).any()
-
-
-def test_masked_stats_is_numpys_mean_and_std_bit_for_bit():
-    from medseglens_core.data.preprocess import masked_stats
-
-    rng = np.random.default_rng(3)
-    for n in (1, 7, 1000, 100_003):
-        channel = rng.normal(500.0, 120.0, (n, 3)).astype(np.float32)
-        mask = rng.random((n, 3)) > 0.3
-        mask[0, 0] = True
-        vals = channel[mask].astype(np.float64)
-        assert masked_stats(channel, mask) == (float(vals.mean()), float(vals.std()) or 1.0)
-    assert masked_stats(np.full((4, 4), 7.0, np.float32), np.ones((4, 4), bool)) == (7.0, 1.0)
 
 
 def test_brain_mask_and_first_argmax_match_their_definitions():
