@@ -327,8 +327,52 @@ def prepare_case(
     return PreparedCase(slices=slices, labels=labels, brain_mask=mask, record=record)
 
 
+@dataclass(frozen=True)
+class _Band:
+    """Output samples ``[i0, i1)`` of a resampling along one axis read only the source samples
+    ``[lo, hi)``, with the weights ``w (i1 - i0, hi - lo)``."""
+
+    i0: int
+    i1: int
+    lo: int
+    hi: int
+    w: torch.Tensor
+
+    def clipped(self, a: int, b: int) -> tuple[int, int, torch.Tensor] | None:
+        """The band's sources inside ``[a, b)`` and their weights (None: no source there)."""
+        lo, hi = max(self.lo, a), min(self.hi, b)
+        return None if lo >= hi else (lo, hi, self.w[:, lo - self.lo : hi - self.lo])
+
+
+# Outputs per band: wider bands waste products (their source window grows), narrower ones cost
+# calls; 16 measured best on CPU for 199 -> 96 samples (benchmarks/inference.py).
+_BAND_ROWS = 16
+
+
+@functools.lru_cache(maxsize=64)
+def antialias_bands(n_in: int, n_out: int, rows: int = _BAND_ROWS) -> tuple[_Band, ...]:
+    """torch's antialiased bilinear weights from ``n_in`` to ``n_out`` samples
+    (``interpolate(mode="bilinear", align_corners=False, antialias=True)`` along one axis, read
+    off by resampling the identity along the last axis), cut into bands of ``rows`` outputs.
+
+    Each output has a few nonzero weights at consecutive sources, so a band is a small dense
+    block of the banded ``(n_out, n_in)`` matrix: resampling is one small product per band.
+    """
+    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, 1, n_in)
+    kw = {"mode": "bilinear", "align_corners": False, "antialias": True}
+    with torch.inference_mode():
+        w = F.interpolate(eye, size=(1, n_out), **kw)[:, 0, 0, :].t().contiguous()
+    used = (w != 0).numpy()
+    bands = []
+    for i0 in range(0, n_out, rows):
+        i1 = min(n_out, i0 + rows)
+        src = np.flatnonzero(used[i0:i1].any(axis=0))
+        bands.append(_Band(i0, i1, int(src[0]), int(src[-1]) + 1, w[i0:i1, src[0] : src[-1] + 1].clone()))
+    return tuple(bands)
+
+
 class _Resampled(NamedTuple):
-    """:func:`_resampled_raw`'s output: ``raw (Z', C + 1, S, S)`` (``[y, x]`` per slice) and the
+    """:func:`_resampled_raw`'s output: ``raw (Z', C + 1, S, S)`` (``[x, y]`` per slice) and the
     per-channel ``offset`` (float32 values) subtracted inside the brain before resampling, with
     the brain's ``mean`` and ``std`` (float64 statistics of the native-grid voxels)."""
 
@@ -344,35 +388,39 @@ def _resampled_raw(
     """Steps 4-5 on the cropped image ``(C, cx, cy, Z')`` and its brain mask ``M``, with step 3's
     statistics gathered on the way.
 
-    ``raw[:, c]`` is ``R(v_c - offset_c * M)`` (``R``: pad + resample; ``[y, x]`` per slice),
-    ``raw[:, C]`` is ``R(M)``. Resampling is linear and the image is 0 outside the mask (the
-    mask is where any channel is nonzero), so the z-scored slices of the definition
-    ``R((v - mean) * M / std)`` are ``(raw_c - (mean - offset) * R(M)) / std``
-    (:func:`_zscored`): no z-scored copy of the native-grid volume, nothing in float64 per voxel.
-    The offset (a float32 guess of the mean, from the first chunk with brain) keeps the
-    resampled values near 0, so an intensity scale far from 0 loses no digits in float32.
+    ``raw[:, c]`` is ``R(v_c - offset_c * M)`` (``R``: pad + resample), ``raw[:, C]`` is
+    ``R(M)``. Resampling is linear and the image is 0 outside the mask (the mask is where any
+    channel is nonzero), so the z-scored slices of the definition ``R((v - mean) * M / std)``
+    are ``(raw_c - (mean - offset) * R(M)) / std`` (:func:`_zscored`): no z-scored copy of the
+    native-grid volume, nothing in float64 per voxel. The offset (a float32 guess of the mean,
+    from the first chunk with brain) keeps the resampled values near 0, so an intensity scale
+    far from 0 loses no digits in float32.
 
-    ``chunk`` axial slices at a time are copied into one reused ``(chunk, C + 1, ny, w)`` buffer
-    (``[y, x]``, x fastest: the loaders' memory order, so the copy reads whole rows; ``w``: the
-    chunk's x extent with brain; ``ny``: the zero-padded y extent), where the offset is
-    subtracted (fused with the copy) and the statistics are summed (float32 within a slice,
-    float64 across slices; NumPy's loops, so the bits do not depend on torch's thread count).
-    Antialiased bilinear resampling is torch's two separable passes called one at a time: along
-    y on the chunk's columns with brain, then along x on the zero-padded field of view. The
-    buffer's layout is fixed, so every memory order of the input gives the same bits.
+    ``chunk`` axial slices at a time are copied into one reused ``(chunk, C + 1, h, w)`` buffer
+    (``[y, x]``, x fastest: the loaders' memory order, so the copy reads whole rows; ``h, w``:
+    the chunk's y and x extent with brain), where the offset is subtracted (fused with the copy)
+    and the statistics are summed (float32 within a slice, float64 across slices; NumPy's loops,
+    so the bits do not depend on torch's thread count). The antialiased bilinear resampling is
+    separable, with torch's own weights (:func:`antialias_bands`): along x, one batched product
+    per band of output columns, written transposed; along y, one product per band of output
+    rows with all slices and channels as the rows of one matrix. Only the sources that hold
+    brain enter (the padding and the rows and columns without brain are 0), and the result is
+    in the model's ``[x, y]`` order. The buffer's layout is fixed, so every memory order of the
+    input gives the same bits.
     """
     n_ch, cx, cy, nz = crop.shape
     px0, py0 = pad[0], pad[2]
     nx, ny = padded
-    size, kw = input_size, {"mode": "bilinear", "align_corners": False, "antialias": True}
+    size, nc = input_size, n_ch + 1
+    bands_x, bands_y = antialias_bands(nx, size), antialias_bands(ny, size)
     # (Z', C, cy, cx) views, no copy (torch takes no negative strides: a reversed view is copied)
     image, mask = (torch.from_numpy(a if min(a.strides) >= 0 else a.copy()) for a in (crop, crop_mask))
     image, mask = image.permute(3, 0, 2, 1), mask.permute(2, 1, 0)
-    cols_with_brain = crop_mask.any(axis=1)  # (cx, Z')
-    k_max = min(chunk, nz)
-    flat = torch.empty(k_max * (n_ch + 1) * ny * cx)  # every chunk writes all of its part
-    out_y = torch.zeros((k_max, n_ch + 1, size, nx))
-    raw = torch.empty((nz, n_ch + 1, size, size))
+    cols_with_brain, rows_with_brain = crop_mask.any(axis=1), crop_mask.any(axis=0)  # (cx|cy, Z')
+    # reused buffers; every chunk writes all of its part of them (zeros where nothing lands)
+    flat = torch.empty(min(chunk, nz) * nc * cy * cx)
+    flat_x = torch.empty(min(chunk, nz) * nc * size * cy)
+    raw = torch.empty((nz, nc, size, size))
     n_tot, offset, s1, s2 = 0, None, np.zeros(n_ch), np.zeros(n_ch)
     with torch.inference_mode():
         for s in range(0, nz, chunk):
@@ -381,30 +429,44 @@ def _resampled_raw(
             if xs.size == 0:  # slices without brain inside the z range: all 0, as resampled
                 raw[s : s + k] = 0.0
                 continue
-            x0, x1 = int(xs[0]), int(xs[-1]) + 1
-            buf = flat[: k * (n_ch + 1) * ny * (x1 - x0)].view(k, n_ch + 1, ny, x1 - x0)
-            buf[:, :, :py0] = 0.0
-            buf[:, :, py0 + cy :] = 0.0
-            vals, brain = buf[:, :n_ch, py0 : py0 + cy], buf[:, n_ch:, py0 : py0 + cy]
-            brain[:, 0].copy_(mask[s : s + k, :, x0:x1])
-            src = image[s : s + k, :, :, x0:x1]
-            n = int(np.count_nonzero(crop_mask[x0:x1, :, s : s + k]))
-            per_slice = buf.numpy().reshape(k, n_ch + 1, -1)[:, :n_ch]  # (k, C, ny * w) view
+            ys = np.flatnonzero(rows_with_brain[:, s : s + k].any(axis=1))
+            x0, x1, y0, y1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
+            h, w = y1 - y0, x1 - x0
+            buf = flat[: k * nc * h * w].view(k, nc, h, w)
+            vals, brain = buf[:, :n_ch], buf[:, n_ch]
+            brain.copy_(mask[s : s + k, y0:y1, x0:x1])
+            src = image[s : s + k, :, y0:y1, x0:x1]
+            n = int(np.count_nonzero(crop_mask[x0:x1, y0:y1, s : s + k]))
+            per_slice = buf.numpy().reshape(k, nc, -1)[:, :n_ch]  # (k, C, h * w) view
             if offset is None:
                 vals.copy_(src)
                 offset = torch.from_numpy(np.add.reduce(per_slice, axis=(0, 2)) / np.float32(n))
                 offset = offset.view(1, n_ch, 1, 1)
                 src = vals
-            torch.addcmul(src, brain, offset, value=-1.0, out=vals)  # v - offset in the brain, 0 outside
+            torch.addcmul(src, buf[:, n_ch:], offset, value=-1.0, out=vals)  # v - offset in the brain
             # NumPy's single-threaded sums (the same bits on any thread count), float32 per slice
             s1 += np.add.reduce(per_slice, axis=2).sum(axis=0, dtype=np.float64)
             s2 += np.einsum("kcn,kcn->kc", per_slice, per_slice).sum(axis=0, dtype=np.float64)
             n_tot += n
-            out_y[:k, :, :, px0 + x0 : px0 + x1] = F.interpolate(buf, size=(size, x1 - x0), **kw)
-            if x0 > 0 or x1 < cx:  # columns a wider chunk before wrote
-                out_y[:k, :, :, px0 : px0 + x0] = 0.0
-                out_y[:k, :, :, px0 + x1 : px0 + cx] = 0.0
-            raw[s : s + k] = F.interpolate(out_y[:k], size=(size, size), **kw)
+            # along x: (k * (C + 1), S_x, h), a batched product per band of output columns
+            along_x = flat_x[: k * nc * size * h].view(k * nc, size, h)
+            src3 = buf.view(k * nc, h, w)
+            for b in bands_x:
+                if (part := b.clipped(px0 + x0, px0 + x1)) is None:
+                    along_x[:, b.i0 : b.i1] = 0.0
+                    continue
+                lo, hi, wts = part
+                a = src3[:, :, lo - px0 - x0 : hi - px0 - x0].transpose(1, 2)
+                torch.bmm(wts.expand(k * nc, -1, -1), a, out=along_x[:, b.i0 : b.i1])
+            # along y: all slices, channels and x samples as rows of one matrix
+            rows2 = along_x.view(-1, h)
+            out = raw[s : s + k].view(-1, size)
+            for b in bands_y:
+                if (part := b.clipped(py0 + y0, py0 + y1)) is None:
+                    out[:, b.i0 : b.i1] = 0.0
+                    continue
+                lo, hi, wts = part
+                out[:, b.i0 : b.i1] = rows2[:, lo - py0 - y0 : hi - py0 - y0] @ wts.t()
     off = offset.view(-1).double().numpy()
     shift = s1 / n_tot  # mean - offset
     std = np.sqrt(np.maximum(s2 / n_tot - shift * shift, 0.0))
@@ -416,17 +478,12 @@ def _resampled_raw(
     )
 
 
-def _zscored(res: _Resampled, chunk: int = 32) -> torch.Tensor:
-    """Step 3 on :func:`_resampled_raw`'s slices: ``(Z', C, S, S)`` float32 as ``[x, y]`` per
-    slice, ``(raw_c - (mean - offset) * R(M)) / std`` per channel."""
+def _zscored(res: _Resampled) -> torch.Tensor:
+    """Step 3 on :func:`_resampled_raw`'s slices: ``(Z', C, S, S)`` float32,
+    ``(raw_c - (mean - offset) * R(M)) / std`` per channel."""
     raw = res.raw
-    nz, n_ch = raw.shape[0], raw.shape[1] - 1
+    n_ch = raw.shape[1] - 1
     scale = torch.tensor([1.0 / s for s in res.std], dtype=torch.float32).view(1, n_ch, 1, 1)
     shift = [(o - m) / s for m, o, s in zip(res.mean, res.offset, res.std, strict=True)]
-    shift = torch.tensor(shift, dtype=torch.float32).view(1, n_ch, 1, 1)
-    out = torch.empty((nz, n_ch, raw.shape[3], raw.shape[2]))
-    with torch.inference_mode():
-        for s in range(0, nz, chunk):
-            r = raw[s : s + chunk]
-            out[s : s + chunk] = torch.mul(r[:, :n_ch], scale).addcmul_(r[:, n_ch:], shift).transpose(2, 3)
-    return out
+    out = torch.mul(raw[:, :n_ch], scale)  # a plain tensor (not an inference one): trainable on
+    return out.addcmul_(raw[:, n_ch:], torch.tensor(shift, dtype=torch.float32).view(1, n_ch, 1, 1))
