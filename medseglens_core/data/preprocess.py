@@ -218,17 +218,22 @@ class _Weights:
     hi: np.ndarray
 
 
+def _identity_weights(n_in: int, n_out: int, antialias: bool) -> torch.Tensor:
+    """``(n_out, n_in)`` float32: the weights ``interpolate(mode="bilinear", align_corners=False,
+    antialias=...)`` gives each source sample along one axis, read off by resampling the identity
+    along the last axis (exact: one nonzero input per column). Not along H of a one-pixel-wide
+    image: there torch's antialiased weights come out wrong (every output row the same)."""
+    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, 1, n_in)
+    kw = {"mode": "bilinear", "align_corners": False, "antialias": antialias}
+    with torch.inference_mode():
+        return F.interpolate(eye, size=(1, n_out), **kw)[:, 0, 0, :].t().contiguous()
+
+
 @functools.lru_cache(maxsize=64)
 def bilinear_weights(n_in: int, n_out: int) -> _Weights:
     """The weights ``interpolate(mode="bilinear", align_corners=False)`` gives each source sample
-    along one axis, read off by resampling the identity (exact: one nonzero input per column)."""
-    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, n_in, 1)
-    with torch.inference_mode():
-        w = (
-            F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=False)[:, 0, :, 0]
-            .t()
-            .contiguous()
-        )
+    along one axis (:func:`_identity_weights`), with each output's source range."""
+    w = _identity_weights(n_in, n_out, antialias=False)
     nz = w.numpy() != 0
     lo = np.argmax(nz, axis=1)
     hi = n_in - 1 - np.argmax(nz[:, ::-1], axis=1)
@@ -352,16 +357,12 @@ _BAND_ROWS = 16
 @functools.lru_cache(maxsize=64)
 def antialias_bands(n_in: int, n_out: int, rows: int = _BAND_ROWS) -> tuple[_Band, ...]:
     """torch's antialiased bilinear weights from ``n_in`` to ``n_out`` samples
-    (``interpolate(mode="bilinear", align_corners=False, antialias=True)`` along one axis, read
-    off by resampling the identity along the last axis), cut into bands of ``rows`` outputs.
+    (:func:`_identity_weights`), cut into bands of ``rows`` outputs.
 
     Each output has a few nonzero weights at consecutive sources, so a band is a small dense
     block of the banded ``(n_out, n_in)`` matrix: resampling is one small product per band.
     """
-    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, 1, n_in)
-    kw = {"mode": "bilinear", "align_corners": False, "antialias": True}
-    with torch.inference_mode():
-        w = F.interpolate(eye, size=(1, n_out), **kw)[:, 0, 0, :].t().contiguous()
+    w = _identity_weights(n_in, n_out, antialias=True)
     used = (w != 0).numpy()
     bands = []
     for i0 in range(0, n_out, rows):
