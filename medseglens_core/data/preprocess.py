@@ -434,8 +434,8 @@ def _resampled_raw(
             x0, x1, y0, y1 = int(xs[0]), int(xs[-1]) + 1, int(ys[0]), int(ys[-1]) + 1
             h, w = y1 - y0, x1 - x0
             buf = flat[: k * nc * h * w].view(k, nc, h, w)
-            vals, brain = buf[:, :n_ch], buf[:, n_ch]
-            brain.copy_(mask[s : s + k, y0:y1, x0:x1])
+            vals, brain = buf[:, :n_ch], buf[:, n_ch:]
+            brain[:, 0].copy_(mask[s : s + k, y0:y1, x0:x1])
             src = image[s : s + k, :, y0:y1, x0:x1]
             n = int(np.count_nonzero(crop_mask[x0:x1, y0:y1, s : s + k]))
             per_slice = buf.numpy().reshape(k, nc, -1)[:, :n_ch]  # (k, C, h * w) view
@@ -444,7 +444,7 @@ def _resampled_raw(
                 offset = torch.from_numpy(np.add.reduce(per_slice, axis=(0, 2)) / np.float32(n))
                 offset = offset.view(1, n_ch, 1, 1)
                 src = vals
-            torch.addcmul(src, buf[:, n_ch:], offset, value=-1.0, out=vals)  # v - offset in the brain
+            torch.addcmul(src, brain, offset, value=-1.0, out=vals)  # v - offset in the brain
             # NumPy's single-threaded sums (the same bits on any thread count), float32 per slice
             s1 += np.add.reduce(per_slice, axis=2).sum(axis=0, dtype=np.float64)
             s2 += np.einsum("kcn,kcn->kc", per_slice, per_slice).sum(axis=0, dtype=np.float64)
