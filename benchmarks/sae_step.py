@@ -12,6 +12,10 @@ in one run and interleaved repeat by repeat:
   ``1/f``-th latent, f from ``--dead-fractions``, default 0.1 and 0.5), so the aux-k term runs;
 - ``fast_step_only``: the loss-and-gradient step alone (aux-k off), without the optimizer.
 
+On a CPU with native bf16 (``machine.native_bf16``) the step filters the encoder's entries with
+a bf16 GEMM (:mod:`medseglens_core.sae.bf16scan`) while fewer than a quarter of the latents are
+dead; ``gemm`` stays the float32 product the issue's target names.
+
 Each repeat runs the variants back to back in an order that rotates between repeats; the
 ratios are medians of the per-repeat ratios, so a load change on a shared machine between
 repeats does not read as a cost (the medians of the times are reported too). Targets (issue
@@ -40,6 +44,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.sae_train import synthetic_tokens  # noqa: E402
+from medseglens_core.sae import bf16scan  # noqa: E402
 from medseglens_core.sae.base import SAEConfig, build_sae  # noqa: E402
 from medseglens_core.sae.step import fast_step  # noqa: E402
 from medseglens_core.sae.train import init_from_data  # noqa: E402
@@ -148,6 +153,7 @@ def main() -> None:
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     "torch": torch.__version__,
                     "device": "cpu",
+                    "native_bf16": bf16scan.NATIVE_BF16,
                 },
                 "targets": {"ratio_step_to_gemm": TARGET_STEP, "ratio_auxk_to_step": TARGET_AUX},
                 "repeats": args.repeats,

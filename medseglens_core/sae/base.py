@@ -189,6 +189,12 @@ class SAE(nn.Module):
         """
         raise NotImplementedError
 
+    def candidate_threshold(self) -> float | None:
+        """The positive value this step's ``chunk_candidates`` keeps the entries above, where the
+        candidates are exactly that (the fast step may then filter with a bf16 GEMM); ``None``
+        for any other rule. Default ``None``."""
+        return None
+
     def finish_selection(
         self, idx: torch.Tensor, vals: torch.Tensor, n_rows: int
     ) -> tuple[torch.Tensor, torch.Tensor] | None:

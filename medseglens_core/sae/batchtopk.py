@@ -33,6 +33,9 @@ class BatchTopKSAE(SAE):
             self._select_hint = first_hint(pre, self.cfg.k)
         return candidates_above(pre, self._select_hint)
 
+    def candidate_threshold(self) -> float | None:
+        return self._select_hint or None  # None on the first step (no hint yet) and on rescans
+
     def finish_selection(
         self, idx: torch.Tensor, vals: torch.Tensor, n_rows: int
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
