@@ -271,14 +271,14 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
 
 def crop_box(mask: np.ndarray, spacing: tuple[float, float, float], margin_mm: float) -> tuple[int, ...]:
     """Half-open bounding box ``(x0, x1, y0, y1, z0, z1)`` of ``mask``, grown in-plane by ``margin_mm``."""
-    if not mask.any():
+    in_plane = mask.any(axis=2)  # two passes over the volume: (X, Y) and (Z,) projections
+    if not in_plane.any():
         raise EmptyBrainMask(
             "every voxel is zero in all four modalities; check that the right files were given"
         )
     box: list[int] = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
+    for axis, along in enumerate((in_plane.any(axis=1), in_plane.any(axis=0), mask.any(axis=(0, 1)))):
+        idx = np.flatnonzero(along)
         grow = int(math.ceil(margin_mm / spacing[axis])) if axis < 2 else 0
         box += [max(int(idx[0]) - grow, 0), min(int(idx[-1]) + 1 + grow, mask.shape[axis])]
     return tuple(box)

@@ -313,3 +313,22 @@ def test_brain_mask_and_first_argmax_match_their_definitions():
             before = maps.clone()
             assert torch.equal(first_argmax(maps), maps.argmax(dim=1).to(torch.uint8))
             assert torch.equal(maps, before)
+
+
+def test_crop_box_is_the_bounding_box_grown_in_plane_and_clipped():
+    from medseglens_core.data.preprocess import crop_box
+
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        mask = np.zeros((12, 10, 9), dtype=bool)
+        lo = rng.integers(0, [12, 10, 9])
+        hi = lo + rng.integers(1, [12, 10, 9] - lo + 1)
+        mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = rng.random(tuple(hi - lo)) > 0.7
+        mask[tuple(lo)] = mask[tuple(hi - 1)] = True  # the box is exactly [lo, hi)
+        mask = np.asfortranarray(mask) if rng.random() > 0.5 else mask
+        spacing, margin = (1.0, 2.0, 3.0), 2.5
+        grow = (3, 2, 0)  # ceil(2.5 / spacing) in plane, none through plane
+        expect = []
+        for axis in range(3):
+            expect += [max(int(lo[axis]) - grow[axis], 0), min(int(hi[axis]) + grow[axis], mask.shape[axis])]
+        assert crop_box(mask, spacing, margin) == tuple(expect)
