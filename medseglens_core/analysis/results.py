@@ -34,13 +34,15 @@ REGIONS = (("WT", "WT_dice"), ("TC", "TC_dice"), ("ET", "ET_dice"), ("NCR", "NCR
 REGIONS += (("SNFH", "SNFH_label_dice"), ("WT_hd95", "WT_hd95"))
 
 
-def _read(path: Path) -> dict[str, Any]:
+_ZOO_ARTEFACT = "of the zoo ({exc}); rebuild or restore that artefact"
+
+
+def _read(path: Path, problem: str = _ZOO_ARTEFACT) -> dict[str, Any]:
+    """``path``'s JSON; unreadable or not JSON: NotFound "cannot read NAME " + ``problem``."""
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise NotFound(
-            f"cannot read {path.name} of the zoo ({exc}); rebuild or restore that artefact"
-        ) from exc
+        raise NotFound(f"cannot read {path.name} " + problem.format(exc=exc)) from exc
 
 
 def _rel(path: Path, zoo: Path) -> str:
@@ -190,7 +192,7 @@ def suite_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             raise NotFound(
                 f"no suite file {path.name}; pass a suite.json written by medseglens recover-suite"
             )
-        doc = _read(path)
+        doc = _read(path, "({exc}); pass a suite.json written by medseglens recover-suite")
         try:
             rows += _suite_file_rows(path, doc)
         except (KeyError, TypeError, AttributeError):

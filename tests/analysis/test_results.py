@@ -199,3 +199,7 @@ def test_suite_table_reads_each_protocol_and_the_best_baseline(zoo, tmp_path):
     bad.write_text(json.dumps({"rows": [], "summary": {"unet-adult": {}}}))
     with pytest.raises(NotFound, match="not a suite.json"):
         zoo_results(zoo, suite=[bad])
+    bad.write_text("{not json")  # named as a suite file, not as an artefact of the zoo
+    with pytest.raises(NotFound, match=r"cannot read bad.json \(.*\); pass a suite.json") as err:
+        zoo_results(zoo, suite=[bad])
+    assert "of the zoo" not in str(err.value)
