@@ -1,9 +1,9 @@
 """Exact above-threshold codes from a bfloat16 encoder GEMM with a proven error bound.
 
 On a CPU with native bfloat16 dot products (AVX512-BF16, AMX) a ``bf16 x bf16 -> fp32
-accumulate`` GEMM ran 2.2-3.4x faster than the float32 one here (Zen 4, one thread). The training step only needs the
-pre-activations above one threshold (BatchTopK's candidate threshold), so the bf16 product is
-used as a FILTER and never as a value:
+accumulate`` GEMM ran 2.2-3.4x faster than the float32 one here (Zen 4, one thread). The
+training step only needs the pre-activations above one threshold (BatchTopK's candidate
+threshold), so the bf16 product is used as a FILTER and never as a value:
 
 1. ``x_c`` and ``W_enc`` (the bias folded in as one more input column of ones) are rounded to
    bf16; the product ``v ~ x_c @ W_enc + b_enc`` comes out in bf16.
@@ -30,10 +30,10 @@ takes the float32 path).
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
+
+from medseglens_core.sae.select import codes_from_flat, csr
 
 __all__ = ["NATIVE_BF16", "above_threshold"]
 
@@ -127,13 +127,6 @@ def _recompute(
 ) -> torch.Tensor:
     """float32 ``(x_c @ w_enc + b_enc)`` at the flat indices ``idx`` (one dot product each)."""
     b, m = x_c.shape[0], w_enc.shape[1]
-    rows = torch.div(idx, m, rounding_mode="floor")
-    cols = idx - rows * m
-    crow = torch.zeros(b + 1, dtype=torch.int64)
-    torch.cumsum(torch.bincount(rows, minlength=b), 0, out=crow[1:])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        pattern = torch.sparse_csr_tensor(
-            crow, cols, b_enc.index_select(0, cols), (b, m), check_invariants=False
-        )
-        return torch.sparse.sampled_addmm(pattern, x_c, w_enc).values()
+    at = codes_from_flat(idx, idx, b, m)
+    pattern = csr(torch.bincount(at.rows, minlength=b), at.cols, b_enc.index_select(0, at.cols), (b, m))
+    return torch.sparse.sampled_addmm(pattern, x_c, w_enc).values()

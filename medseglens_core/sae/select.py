@@ -13,6 +13,8 @@ sort.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -22,6 +24,7 @@ __all__ = [
     "batch_topk_select",
     "candidates_above",
     "codes_from_flat",
+    "csr",
     "first_hint",
     "kth_smallest",
     "numpy_view",
@@ -119,3 +122,14 @@ def batch_topk_select(pre: torch.Tensor, n: int, hint: float | None) -> tuple[Sp
     idx, vals = top_n_in_order(idx, vals, n)
     next_hint = 0.9 * float(vals.min()) if vals.numel() else 0.0
     return codes_from_flat(idx, vals, b, m), next_hint
+
+
+def csr(
+    crow_counts: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """CSR from per-row entry counts and row-grouped column indices / values."""
+    crow = torch.zeros(shape[0] + 1, dtype=cols.dtype, device=cols.device)
+    torch.cumsum(crow_counts, 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)

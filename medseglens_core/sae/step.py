@@ -46,7 +46,6 @@ only below ``1/AUX_SPARSE_BELOW`` fill. Results equal the autograd reference in
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +54,7 @@ import torch.nn.functional as F
 
 from medseglens_core.sae import bf16scan
 from medseglens_core.sae.base import SAE, SparseCodes
-from medseglens_core.sae.select import batch_topk_select, candidates_above, codes_from_flat, numpy_view
+from medseglens_core.sae.select import batch_topk_select, candidates_above, codes_from_flat, csr, numpy_view
 
 __all__ = ["StepStats", "batch_topk_select", "encode_select", "fast_step"]
 
@@ -89,17 +88,6 @@ class StepStats:
     fired: torch.Tensor
 
 
-def _csr(
-    crow_counts: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]
-) -> torch.Tensor:
-    """CSR from per-row entry counts and row-grouped column indices / values."""
-    crow = torch.zeros(shape[0] + 1, dtype=cols.dtype, device=cols.device)
-    torch.cumsum(crow_counts, 0, out=crow[1:])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
-
-
 class _Pattern:
     """A sparse (B, m) pattern with its CSR and the permutation to its transpose's CSR."""
 
@@ -109,7 +97,7 @@ class _Pattern:
         b = codes.n_rows
         # int32 indices: what MKL's sparse BLAS takes, so no per-product index conversion.
         idx_t = torch.int32 if max(b, m) < 2**31 else torch.int64
-        self.z = _csr(torch.bincount(codes.rows, minlength=b), codes.cols.to(idx_t), codes.vals, (b, m))
+        self.z = csr(torch.bincount(codes.rows, minlength=b), codes.cols.to(idx_t), codes.vals, (b, m))
         # Stable sort on the narrowest integer type that holds the column ids (int16 sorts ~6x
         # faster than int64 on CPU); rows stay increasing within each column.
         key = codes.cols.to(torch.int16 if m <= 2**15 else torch.int32)
