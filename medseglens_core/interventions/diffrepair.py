@@ -18,6 +18,17 @@ all of them and the ``down`` ones. A whole-brain diff finds what differs between
 the synthetic ssa cohort: necrotic-core latents); the region contrast finds what differs where
 the model has to see the oedema, which is where a repair has to act.
 
+The report's latents are found by significance tests on what differs; on the demo zoo few of
+them are latents the SNFH prediction relies on (U-Net: 4 of 38 among the 40 most attributed). So
+the protocol also reads a second, reliance-weighted diff (:func:`effect_ranking`) from its own
+calibration cases: per latent, the first-order effect on the region's log-probability of
+restoring the source's mean neighbourhood code (attribution patching),
+``effect_j = A_j (1 - t_j / s_j)`` = ``g_j n (s_j - t_j)``, with ``A_j`` the source attribution
+(``g_j`` its mean gradient per unit code, ``n`` the tokens), ``s_j`` / ``t_j`` the source /
+target calibration cases' mean neighbourhood code. Its top 10 / 20 / 40 latents with a positive
+effect are three more subsets (``effect10`` ...); recovery.json names both sources
+(``diff_latents.latents`` from the report, ``diff_latents.effect`` from the calibration diff).
+
 Edits (:func:`diff_families`), on each subset, with the source statistics measured on the
 source cases (``Ranking.reference``: a latent's code when active where the model predicts the
 region; ``source_mean`` / ``target_mean``: mean code over the predicted-tumour neighbourhood):
@@ -52,6 +63,7 @@ class DiffGrid:
     patch_region: tuple[float, ...] = (1.0, 2.0, 4.0)  # the blind family's clamp strengths
     add: tuple[float, ...] = (1.0, 2.0, 4.0)
     dilations: tuple[int, ...] = (2, 4, 6)
+    effect_sizes: tuple[int, ...] = (10, 20, 40)  # () : the report's latents only
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,11 @@ def diff_families(
         lat = by_attribution(lat)
         if lat and lat not in subsets.values():
             subsets[name] = lat
+    effect = effect_ranking(attribution, source_mean, target_mean)
+    for m in grid.effect_sizes:
+        lat = [j for j, _ in effect[:m]]
+        if lat and lat not in subsets.values():
+            subsets[f"effect{m}"] = lat
     out: list[tuple[str, InterventionSpec]] = []
     for name, lat in subsets.items():
         if not lat:
@@ -184,6 +201,21 @@ def diff_families(
                 edits = [Edit(latent=j, op="scale", value=_r(f), **where) for j, f in ratio]
                 out.append((f"diff-scale TC+{d} {name}", InterventionSpec(edits=edits)))
     return out
+
+
+def effect_ranking(
+    attribution: np.ndarray, source_mean: np.ndarray, target_mean: np.ndarray
+) -> list[tuple[int, float]]:
+    """``(latent, effect)`` with a positive first-order effect of restoring the source's mean
+    neighbourhood code, largest first: ``effect_j = A_j (1 - t_j / s_j)`` (module docs).
+
+    Latents silent in the source (``s_j = 0``) have no estimate; a latent the target has more of
+    has a positive effect only where its attribution is negative (it suppresses the region).
+    """
+    s, t, a = (np.asarray(v, dtype=np.float64) for v in (source_mean, target_mean, attribution))
+    effect = np.where(s > 0, a * (1.0 - t / np.where(s > 0, s, 1.0)), 0.0)
+    order = np.argsort(-effect, kind="stable")
+    return [(int(j), float(effect[j])) for j in order if effect[j] > 0]
 
 
 def used_latents(spec: dict[str, Any] | None) -> list[int]:

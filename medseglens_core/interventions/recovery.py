@@ -57,7 +57,13 @@ from medseglens_core.interventions.baselines import (
     side_effects,
 )
 from medseglens_core.interventions.batch import SliceScorer, score_specs
-from medseglens_core.interventions.diffrepair import DiffGrid, DiffLatents, diff_families, used_latents
+from medseglens_core.interventions.diffrepair import (
+    DiffGrid,
+    DiffLatents,
+    diff_families,
+    effect_ranking,
+    used_latents,
+)
 from medseglens_core.interventions.gate import fit_gate, gate_report
 from medseglens_core.interventions.report import recovery_document
 from medseglens_core.interventions.search import (
@@ -108,7 +114,8 @@ class RecoveryConfig:
             latent firing rates and attach it to every candidate spec, so the chosen spec
             leaves scans that look like the source cohort untouched.
         gate_latents: latents the gate reads.
-        diff_grid: protocol ``diff``: the edits tried on the diff report's latents.
+        diff_grid: protocol ``diff``: the edits tried on the diff report's latents and on the
+            calibration diff's (``effect_sizes``; :mod:`.diffrepair`).
         baselines: also run the non-latent baselines (:mod:`.baselines`) on the same cases,
             calibration and gate, and report ``baselines``, ``side_effects`` and ``verdict``.
     """
@@ -265,11 +272,10 @@ def run_recovery(
     ranking = rank_candidates(ps, pt, cfg.n_candidates)
     if protocol == "diff":
         assert diff is not None
-        families = diff_families(
-            diff, np.mean([p.attribution for p in ps], axis=0), ranking.reference,
-            np.mean([p.mean_in for p in ps], axis=0), np.mean([p.mean_in for p in pt], axis=0), cfg.diff_grid,
-            region=cfg.region,
-        )  # fmt: skip
+        diff_stats = (np.mean([p.attribution for p in ps], axis=0), np.mean([p.mean_in for p in ps], axis=0),
+                      np.mean([p.mean_in for p in pt], axis=0))  # fmt: skip
+        families = diff_families(diff, diff_stats[0], ranking.reference, diff_stats[1], diff_stats[2],
+                                 cfg.diff_grid, region=cfg.region)  # fmt: skip
     else:
         families = spec_families(ranking, cfg.oracle_grid if protocol == "oracle" else cfg.grid)
     gate_reader, gate_hook = (gate_sae, gate_hook) if gate_sae is not None else (sae, None)
@@ -312,6 +318,10 @@ def run_recovery(
             **diff.to_json(),
             "n_candidates": len(families),
             "used": used_latents(spec_out),
+            "effect": [
+                {"latent": j, "effect": e, "in_report": j in diff.directions}
+                for j, e in effect_ranking(*diff_stats)[: max(cfg.diff_grid.effect_sizes, default=0)]
+            ],
         }
     if cfg.baselines:
         items = {"calib_t": calib_t, "calib_s": calib_s, "evaluate": evaluate, "source": labelled_src,

@@ -132,8 +132,24 @@ def render_recovery_html(docs: list[dict[str, Any]]) -> str:
             ", ".join(f"#{j} ({s:.2f})" for j, s in zip(cand["latents"], cand["score"], strict=True))
         )
         parts.append("</p>")
+        parts.append(_diff_latents_text(d.get("diff_latents")))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _diff_latents_text(dl: dict[str, Any] | None) -> str:
+    """Protocol diff: the report's latents, the calibration diff's ranking and what the spec used."""
+    if not dl:
+        return ""
+    effect = ", ".join(
+        f"#{r['latent']} ({r['effect']:.3g}{', in report' if r['in_report'] else ''})"
+        for r in dl.get("effect", [])[:10]
+    )
+    return (
+        f"<p>Diff report {html.escape(Path(str(dl['report'])).name)}: {len(dl['latents'])} {html.escape(dl['target'])}-specific "
+        f"latents. Calibration diff, first-order effect of restoring the source's code: {effect or 'none'}. "
+        f"Edited: {', '.join(f'#{j}' for j in dl.get('used', [])) or 'none'}.</p>"
+    )
 
 
 def write_recovery(docs: list[dict[str, Any]], out_dir: Path) -> None:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from medseglens_core.errors import InvalidInput
-from medseglens_core.interventions.diffrepair import diff_latents
+from medseglens_core.interventions.diffrepair import DiffGrid, diff_latents
 from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery
+from medseglens_core.interventions.report import render_recovery_html
 from medseglens_core.interventions.search import FamilyGrid
 from tests.interventions.fakes import identity_sae
 from tests.interventions.fakes import planted_items as _items
@@ -35,13 +36,51 @@ def test_patching_the_diff_latent_back_to_the_source_repairs_the_held_out_failur
     assert "verdict" in doc and len(doc["baselines"]) == 4
 
 
-def test_a_diff_naming_no_latent_edits_nothing(tmp_path) -> None:
+def test_a_diff_naming_no_latent_edits_nothing_without_the_calibration_diff(tmp_path) -> None:
     src, tgt = _items("adult", 0.5, range(4)), _items("ssa", 0.1, range(10, 16))
     diff = diff_latents(_report(tmp_path, []), "m", "planted", "ssa")
-    cfg = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, gate=False, baselines=False)
+    cfg = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, gate=False, baselines=False,
+                         diff_grid=DiffGrid(effect_sizes=()))  # fmt: skip
     doc = run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa",
                        config=cfg, diff=diff)  # fmt: skip
     assert doc["spec"]["edits"] == [] and doc["recovered_fraction"] == 0.0
+    assert doc["diff_latents"]["effect"] == []
+
+
+def test_the_calibration_diff_finds_the_bottleneck_a_report_missed(tmp_path) -> None:
+    # the report names latent 3 (silent everywhere: editing it changes nothing); the oedema
+    # latent 1 is what the target lost and what the SNFH prediction relies on
+    src, tgt = _items("adult", 0.5, range(4)), _items("ssa", 0.1, range(10, 16))
+    diff = diff_latents(_report(tmp_path, [{"latent": 3, "direction": "down"}]), "m", "planted", "ssa")
+    cfg = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, gate=False, baselines=False)
+    doc = run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa",
+                       config=cfg, diff=diff)  # fmt: skip
+    # latent 2 (the ET core) ranks too: on the failing target the predicted neighbourhood
+    # shrinks to the core, where latent 2 is denser, and it suppresses SNFH (negative attribution)
+    effect = {r["latent"]: r for r in doc["diff_latents"]["effect"]}
+    assert sorted(effect) == [1, 2] and not any(r["in_report"] for r in effect.values())
+    assert effect[1]["effect"] > 0
+    assert 1 in doc["diff_latents"]["used"] and "effect" in doc["chosen_family"]
+    assert doc["n_failures"] == 4 and doc["recovered_fraction"] == 1.0
+    page = render_recovery_html([doc])
+    assert "1 ssa-specific latents" in page and "#1 (" in page and "Edited: #1" in page
+    off = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, gate=False, baselines=False,
+                         diff_grid=DiffGrid(effect_sizes=()))  # fmt: skip
+    only_report = run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa",
+                               config=off, diff=diff)  # fmt: skip
+    assert only_report["recovered_fraction"] == 0.0
+
+
+def test_effect_ranking_is_attribution_times_the_relative_deficit() -> None:
+    import numpy as np
+
+    from medseglens_core.interventions.diffrepair import effect_ranking
+
+    attribution = np.array([2.0, 1.0, -1.0, 3.0, 5.0])
+    source = np.array([1.0, 1.0, 1.0, 1.0, 0.0])
+    target = np.array([0.5, 0.0, 3.0, 1.5, 1.0])
+    # 2*(1-0.5)=1, 1*(1-0)=1, -1*(1-3)=2 (an excess suppressor), 3*(1-1.5)<0, silent source: none
+    assert effect_ranking(attribution, source, target) == [(2, 2.0), (0, 1.0), (1, 1.0)]
 
 
 def test_diff_needs_a_report_and_a_target_with_failures(tmp_path) -> None:
