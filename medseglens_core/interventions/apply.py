@@ -111,8 +111,8 @@ def scope_tokens(
         return None
     if edit.scope == "predicted_region":
         assert edit.region is not None  # guaranteed by Edit validation
-        vox = dilate(region_mask(cache.baseline_labels, edit.region), edit.dilation)
-    elif edit.scope == "mask":
+        return cache.region_tokens(edit.region, edit.dilation)
+    if edit.scope == "mask":
         if mask is None:
             raise MissingMask(f"edit of latent {edit.latent} has scope 'mask': pass a mask array")
         if mask.shape != case_shape:

@@ -79,6 +79,7 @@ class PrefixCache:
     hook_shape: tuple[int, int]
     channels: int
     _tokens: torch.Tensor | None = field(default=None, repr=False)
+    _region_tokens: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     @torch.no_grad()
@@ -157,6 +158,19 @@ class PrefixCache:
             grid = tuple(h.shape[-2:])
             other[hook] = (torch.cat(parts), _voxel_to_token(self.prepared, slices.shape, grid))
         return other[hook]
+
+    def region_tokens(self, region: str, dilation: int) -> np.ndarray:
+        """Token mask ``(Z*h*w,)`` of the unedited prediction's ``region`` dilated by ``dilation``
+        voxels (kept on the cache, read-only: a search applies the same scope to every edit of
+        hundreds of specs, and the 3-D dilation is the dearest part of an edit)."""
+        key = (region, int(dilation))
+        if key not in self._region_tokens:
+            from medseglens_core.interventions.apply import dilate, region_mask
+
+            t = self.voxels_to_tokens(dilate(region_mask(self.baseline_labels, region), dilation))
+            t.setflags(write=False)
+            self._region_tokens[key] = t
+        return self._region_tokens[key]
 
     def voxels_to_tokens(self, mask: np.ndarray) -> np.ndarray:
         """Case-grid boolean mask ``(X, Y, Z)`` -> token mask ``(Z*h*w,)``: a token is in when

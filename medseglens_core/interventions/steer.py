@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseglens_core.interventions.apply import dilate, region_mask
 from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.spec import Edit, InterventionSpec
 from medseglens_core.models.base import Prefix
@@ -34,15 +33,6 @@ from medseglens_core.models.base import Prefix
 #: Cross-entropy class weights (background, NCR, SNFH, ET) when fitting: the missed oedema is
 #: the minority class the fit must not ignore.
 CLASS_WEIGHTS = (1.0, 1.0, 3.0, 1.0)
-
-
-def scope_token_mask(cache: PrefixCache, region: str, dilation: int) -> np.ndarray:
-    """Token mask ``(Z*h*w,)`` of the predicted ``region`` dilated by ``dilation`` voxels (cached)."""
-    memo: dict = cache.__dict__.setdefault("_scope_memo", {})
-    key = (region, dilation)
-    if key not in memo:
-        memo[key] = cache.voxels_to_tokens(dilate(region_mask(cache.baseline_labels, region), dilation))
-    return memo[key]
 
 
 @dataclass
@@ -73,7 +63,7 @@ def pack(
 ) -> Pack | None:
     """Every ``stride``-th slice holding a token in scope, with labels ``target_slices[k]``
     (``(Z, S, S)``, model grid). None when no token is in scope or the cache is not batch-first."""
-    tmask = scope_token_mask(cache, region, dilation)
+    tmask = cache.region_tokens(region, dilation)
     h, w = cache.hook_shape
     ks = np.unique(np.flatnonzero(tmask) // (h * w))[:: max(1, stride)].tolist()
     if not ks:

@@ -109,6 +109,32 @@ def test_steering_up_weak_oedema_inside_the_predicted_region_recovers_it() -> No
     )  # the whole oedema is found (and more: noise fires too)
 
 
+def test_a_predicted_region_scope_is_dilated_once_per_cache(monkeypatch) -> None:
+    from scipy import ndimage
+
+    from medseglens_core.interventions import apply as apply_mod
+
+    cache, label = _planted_cache(gain=0.1)
+    sae = identity_sae()
+    where = {"scope": "predicted_region", "region": "TC", "dilation": 4}
+    direct = cache.voxels_to_tokens(apply_mod.dilate(apply_mod.region_mask(cache.baseline_labels, "TC"), 4))
+    calls = []
+    real = ndimage.binary_dilation
+    monkeypatch.setattr(ndimage, "binary_dilation", lambda *a, **k: calls.append(1) or real(*a, **k))
+    specs = [InterventionSpec(edits=[Edit(latent=j, op="scale", value=f, **where) for j in (1, 2, 3)])
+             for f in (2.0, 5.0)]  # fmt: skip
+    results = [apply_spec(cache, sae, s, label=label) for s in specs]
+    assert len(calls) == 1  # six edits, two specs, one scope: one dilation
+    assert np.array_equal(cache.region_tokens("TC", 4), direct)
+    assert not cache.region_tokens("TC", 4).flags.writeable
+    assert results[1].edits[0].tokens_in_scope == int(direct.sum())
+    fresh, _ = _planted_cache(gain=0.1)  # the same edits on a cache without the memo: same labels
+    assert np.array_equal(
+        apply_spec(fresh, sae, specs[1], label=label).edited_labels, results[1].edited_labels
+    )
+    assert len(calls) == 2
+
+
 def test_scope_mask_and_reference_errors() -> None:
     cache, _ = _planted_cache()
     sae = identity_sae()
