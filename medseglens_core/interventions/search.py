@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medseglens_core.interventions.apply import REGION_LABELS, dilate, region_mask
+from medseglens_core.interventions.apply import REGION_LABELS, region_mask
 from medseglens_core.interventions.batch import item_codes
 from medseglens_core.interventions.cache import PrefixCache
 from medseglens_core.interventions.spec import Edit, InterventionSpec
@@ -55,7 +55,7 @@ class Profile:
 
 def neighbourhood_tokens(cache: PrefixCache, dilation: int) -> np.ndarray:
     """Token mask ``(Z*h*w,)`` of the predicted WT dilated by ``dilation`` voxels."""
-    return cache.voxels_to_tokens(dilate(region_mask(cache.baseline_labels, "WT"), dilation))
+    return cache.region_tokens("WT", dilation)
 
 
 def profile(item: VolumeItem, sae, region: str, dilation: int) -> Profile:
@@ -68,7 +68,7 @@ def profile(item: VolumeItem, sae, region: str, dilation: int) -> Profile:
     total, active, attr = torch.zeros(d_sae), torch.zeros(d_sae), torch.zeros(d_sae)
     labels = list(REGION_LABELS[region])
     for start, stop, p in cache.chunks:
-        sel = torch.from_numpy(tmask[start * per : stop * per])
+        sel = torch.from_numpy(tmask[start * per : stop * per].copy())  # the cache's mask is read-only
         if not bool(sel.any()):
             continue
         tokens = p.h.permute(0, 2, 3, 1).reshape(-1, cache.channels)
