@@ -27,7 +27,8 @@ Protocols:
   ``calib_n`` (<= 5) target cases by id, with labels, and the first half of the source cases --
   as the best mean calibration Dice among specs whose mean source-calibration Dice change is
   >= ``-source_tolerance`` (and no source case loses more than ``source_case_tolerance``) and
-  whose mean TC and ET Dice change on the calibration target cases is >= ``-core_tolerance``;
+  whose mean TC and ET Dice change on the calibration target cases, less ``core_guard_se``
+  standard errors of that mean, is >= ``-core_tolerance``;
   applied unchanged to the remaining target cases.
 * Both blind protocols attach a population gate (:mod:`.gate`, fitted on the calibration
   scans' latent firing rates, no label) to every candidate spec unless ``config.gate`` is off:
@@ -100,6 +101,11 @@ class RecoveryConfig:
         core_tolerance: blind protocols: the largest mean TC or ET Dice loss accepted on the
             labelled calibration target cases (checked on the confirmed specs), so a repair
             cannot buy oedema with the core; the baselines are not held to it.
+        core_guard_se: the core guard compares the mean change less this many standard errors
+            of it (sample standard deviation over the calibration cases / sqrt(n)) with
+            ``-core_tolerance``: a mean over <= 5 cases, taken for the best of many candidates,
+            is optimistic (draw H: specs within -0.02 on their calibration cases cost TC -0.03
+            and ET -0.05 on the held-out ones). 0: the mean alone.
         harm_cases: blind protocols run from a zoo without a source calibration folder: at most
             this many of the zoo's held-out source cases (val first, then test, each by case id)
             are harm-check cases (:mod:`.pipeline`). The worst-case check above grows stricter
@@ -140,6 +146,7 @@ class RecoveryConfig:
     source_tolerance: float = 0.004
     source_case_tolerance: float = 0.02
     core_tolerance: float = 0.02
+    core_guard_se: float = 1.0
     harm_cases: int = 14
     steer: bool = True
     steer_blind: bool = False
@@ -534,24 +541,37 @@ _NO_SPEC = {
     "harm_confirmed": "no confirmed candidate kept the source calibration cases (mean Dice change >= "
     "-{cfg.source_tolerance}, none below -{cfg.source_case_tolerance})",
     "core_screen": "every candidate that kept the source lowered TC or ET on the calibration target "
-    "cases by more than {cfg.core_tolerance} (core guard)",
+    "cases by more than {cfg.core_tolerance} (core guard: mean less {cfg.core_guard_se} standard errors)",
     "gain": "no safe candidate raised the calibration target cases' mean Dice",
     "unlabelled": "no clamp-active spec kept the source predictions' region Dice >= 1 - 5 x {cfg.source_tolerance}",
 }
 
 
 def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: RecoveryConfig) -> np.ndarray:
-    """``(len(specs),)`` bool: mean TC and ET Dice change (those not scored) on the labelled
-    calibration target cases >= ``-cfg.core_tolerance``."""
+    """``(len(specs),)`` bool: on the labelled calibration target cases, the mean TC and ET Dice
+    change (those not scored) less ``cfg.core_guard_se`` standard errors of the mean is
+    >= ``-cfg.core_tolerance``."""
     regions = [r for r in ("TC", "ET") if r != cfg.region]
-    loss = np.zeros((len(specs), len(regions)))
-    for item in calib_t:
+    change = np.zeros((len(specs), len(calib_t), len(regions)))
+    for c, item in enumerate(calib_t):
         before = case_scores(item, item.cache.baseline_labels, cfg.region)
         for k, spec in enumerate(specs):
             labels = apply_spec(item.cache, ev.sae, spec, gate_sae=ev.gate_sae).edited_labels
             after = case_scores(item, labels, cfg.region)
-            loss[k] += [after[r] - before[r] for r in regions]
-    return (loss / max(len(calib_t), 1) >= -cfg.core_tolerance).all(axis=1)
+            change[k, c] = [after[r] - before[r] for r in regions]
+    return (core_change_bound(change, cfg.core_guard_se) >= -cfg.core_tolerance).all(axis=1)
+
+
+def core_change_bound(change: np.ndarray, n_se: float) -> np.ndarray:
+    """``(specs, regions)``: the mean over cases of ``change`` ``(specs, cases, regions)`` less
+    ``n_se`` standard errors of it (sample standard deviation / sqrt(cases); none with one case)."""
+    n = change.shape[1]
+    if n == 0:
+        return np.zeros((change.shape[0], change.shape[2]))
+    mean = change.mean(axis=1)
+    if n < 2 or n_se == 0:
+        return mean
+    return mean - n_se * change.std(axis=1, ddof=1) / np.sqrt(n)
 
 
 def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig):

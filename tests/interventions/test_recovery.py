@@ -120,6 +120,43 @@ def test_core_guard_refuses_an_edit_that_erases_the_core(cohorts) -> None:
     assert _keeps_core(ev, tgt[:2], specs, CFG).tolist() == [False, True, True]
 
 
+def test_core_change_bound_on_a_hand_made_case() -> None:
+    """Mean less n standard errors: (0, -0.04) has mean -0.02, sd 0.0283, se 0.02 -> -0.04."""
+    from medseglens_core.interventions.recovery import core_change_bound
+
+    # (2 specs, 2 cases, TC/ET)
+    change = np.array([[[0.0, 0.01], [-0.04, 0.01]], [[-0.01, 0.0], [-0.01, 0.0]]])
+    assert np.allclose(core_change_bound(change, 0.0), [[-0.02, 0.01], [-0.01, 0.0]])
+    assert np.allclose(core_change_bound(change, 1.0), [[-0.04, 0.01], [-0.01, 0.0]])
+    assert np.allclose(core_change_bound(change[:, :1], 1.0), change[:, 0])  # one case: the mean
+    assert core_change_bound(change[:, :0], 1.0).shape == (2, 2)
+
+
+def test_core_guard_counts_the_spread_over_calibration_cases(cohorts, monkeypatch) -> None:
+    """A spec whose mean TC change sits inside the tolerance but varies across cases passes the
+    mean-only guard and is refused by the standard-error guard."""
+    from medseglens_core.interventions import recovery
+    from medseglens_core.interventions.spec import Edit, InterventionSpec
+
+    _, tgt = cohorts
+    items = tgt[:2]
+    drops = {items[0].case_id: 0.0, items[1].case_id: -0.035}  # mean -0.0175, se 0.0175
+    real, calls = recovery.case_scores, {}
+
+    def scored(item, labels, region):  # per case: the unedited scores first, then the edit's
+        out = dict(real(item, labels, region))
+        calls[item.case_id] = calls.get(item.case_id, 0) + 1
+        out["TC"] += drops[item.case_id] if calls[item.case_id] % 2 == 0 else 0.0
+        return out
+
+    monkeypatch.setattr(recovery, "case_scores", scored)
+    ev = recovery._Scores(identity_sae(), "SNFH", stride=1)
+    spec = [InterventionSpec(edits=[Edit(latent=1, op="scale", value=1.0)])]  # labels unchanged
+    mean_only = RecoveryConfig(**{**CFG.__dict__, "core_guard_se": 0.0})
+    assert recovery._keeps_core(ev, items, spec, mean_only).tolist() == [True]
+    assert recovery._keeps_core(ev, items, spec, CFG).tolist() == [False]
+
+
 def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
     src, tgt = cohorts
     strict = RecoveryConfig(**{**CFG.__dict__, "core_tolerance": -1.0})  # nothing can pass
