@@ -23,7 +23,7 @@ protocol's own rule, so no baseline sees a label the latent protocol does not:
 * ``labelled`` (``blind``, ``diff``): the best mean Dice on the labelled calibration target
   cases among parameters within the source-harm tolerances on the calibration source cases;
   no edit when none beats the unedited mean;
-* ``unlabelled`` (``blind-unlabelled``): the parameter whose predicted region-to-core volume
+* ``unlabelled`` (``blind-unlabelled``, ``diff-unlabelled``): the parameter whose predicted region-to-core volume
   ratio on the calibration target scans comes closest to the source cohort's, among those
   that keep the calibration source predictions (Dice vs the unedited prediction) within
   ``1 - 5 x source_tolerance``.

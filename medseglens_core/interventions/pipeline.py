@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from medseglens_core.errors import InvalidInput
-from medseglens_core.interventions.recovery import PROTOCOLS, RecoveryConfig, run_recovery
+from medseglens_core.interventions.recovery import DIFF_PROTOCOLS, PROTOCOLS, RecoveryConfig, run_recovery
 
 Progress = Callable[[dict[str, Any]], None] | None
 
@@ -105,7 +105,7 @@ def recover_from_zoo(
     sae_dir = Path(zoo) / "saes" / sid
     prov = provenance(Path(zoo) / "models" / model_id, sae_dir, zoo=zoo, device=device)
     diff = None
-    if "diff" in names:
+    if any(p in DIFF_PROTOCOLS for p in names):
         report = diff_report or default_diff_report(zoo)
         diff = diff_latents(report, model_id, sid, target, prov.get("sae_sha256"))
     blind = [p for p in names if p != "oracle"]
@@ -126,7 +126,7 @@ def recover_from_zoo(
         doc = run_recovery(
             sparse, src_items, tgt_items, p, model_id=model_id, source=source, target=target, config=config,
             harm_items=harm_items, progress=progress, gate_sae=gate_sparse, gate_hook=gate_hook,
-            diff=diff if p == "diff" else None,
+            diff=diff if p in DIFF_PROTOCOLS else None,
         )  # fmt: skip
         doc["sae_id"] = sid
         doc["gate_sae_id"] = gate_id

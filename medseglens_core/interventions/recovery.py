@@ -1,4 +1,4 @@
-"""The failure-recovery benchmark: oracle, blind and blind-unlabelled steering protocols.
+"""The failure-recovery benchmark: oracle, blind, diff and their label-free steering protocols.
 
 Definitions (all Dice values are fractions 0..1 of the ``region``, default the SNFH label):
 
@@ -37,6 +37,11 @@ Protocols:
   the one whose predicted region-to-core volume ratio on the calibration target cases comes
   closest to the source cohort's (from predictions), among those that keep the source
   predictions' region Dice vs the unedited prediction >= ``1 - source_tolerance * 5``.
+* ``diff`` (:mod:`.diffrepair`): the candidates are edits of the diff report's target-specific
+  latents and of the calibration diff's; chosen as in ``blind``.
+* ``diff-unlabelled``: the same candidates (neither the report nor the calibration diff reads a
+  label: attribution and codes come from predictions), chosen by the ``blind-unlabelled`` rule
+  among all of them; no label anywhere.
 """
 
 from __future__ import annotations
@@ -77,8 +82,9 @@ from medseglens_core.interventions.search import (
 from medseglens_core.interventions.spec import Gate, InterventionSpec
 from medseglens_core.interventions.steer import fit_steering, pack, select_latents, steering_spec
 
-Protocol = Literal["oracle", "blind", "blind-unlabelled", "diff"]
-PROTOCOLS: tuple[str, ...] = ("oracle", "blind", "blind-unlabelled", "diff")
+Protocol = Literal["oracle", "blind", "blind-unlabelled", "diff", "diff-unlabelled"]
+PROTOCOLS: tuple[str, ...] = ("oracle", "blind", "blind-unlabelled", "diff", "diff-unlabelled")
+DIFF_PROTOCOLS: tuple[str, ...] = ("diff", "diff-unlabelled")  # the ones that read a diff report
 Named = list[tuple[str, InterventionSpec]]
 
 
@@ -242,8 +248,10 @@ def run_recovery(
         raise InvalidInput(f"unknown protocol {protocol!r}; choose one of {list(PROTOCOLS)}")
     if not source_items or not target_items:
         raise InvalidInput("recovery needs at least one source and one target case")
-    if protocol == "diff" and diff is None:
-        raise InvalidInput("protocol diff needs a diff report's target-specific latents (--diff-report)")
+    if protocol in DIFF_PROTOCOLS and diff is None:
+        raise InvalidInput(
+            f"protocol {protocol} needs a diff report's target-specific latents (--diff-report)"
+        )
     if not 1 <= config.calib_n <= 5:
         raise InvalidInput(f"calib_n must be 1..5 labelled calibration cases, got {config.calib_n}")
     t0 = time.perf_counter()
@@ -277,7 +285,7 @@ def run_recovery(
     ps = [profile(i, sae, cfg.region, cfg.dilation) for i in src]
     pt = [profile(i, sae, cfg.region, cfg.dilation) for i in (calib_t or tgt)]
     ranking = rank_candidates(ps, pt, cfg.n_candidates)
-    if protocol == "diff":
+    if protocol in DIFF_PROTOCOLS:
         assert diff is not None
         diff_stats = (np.mean([p.attribution for p in ps], axis=0), np.mean([p.mean_in for p in ps], axis=0),
                       np.mean([p.mean_in for p in pt], axis=0))  # fmt: skip
@@ -303,8 +311,10 @@ def run_recovery(
                 ev, families, calib_t, [i for i in calib_s if i.label is not None], gate, cfg, progress
             )
         else:
-            chosen, spec = _unlabelled(ev, _gated(families, gate), calib_t, calib_s, src, cfg)
-            selection = {"reason": None if spec.edits else _NO_SPEC["unlabelled"].format(cfg=cfg)}
+            only = "clamp-active" if protocol == "blind-unlabelled" else None
+            chosen, spec = _unlabelled(ev, _gated(families, gate), calib_t, calib_s, src, cfg, only)
+            why = _NO_SPEC["unlabelled"] if only else _NO_SPEC["diff_unlabelled"]
+            selection = {"reason": None if spec.edits else why.format(cfg=cfg)}
         after = _dice_after(ev, evaluate, spec)
         rows = [_row(ev, item, spec, a, cfg) for item, a in zip(evaluate, after, strict=True)]
         src_change = float(ev.change(labelled_src, [spec])[0]) if spec.edits else 0.0
@@ -320,7 +330,7 @@ def run_recovery(
         doc["selection"] = selection
     held_src = [i for i in src if id(i) not in {id(c) for c in calib_s}]
     doc["gate"] = gate_report(gate_reader, gfit, evaluate, held_src) if gfit is not None else None
-    if diff is not None and protocol == "diff":
+    if diff is not None and protocol in DIFF_PROTOCOLS:
         doc["diff_latents"] = {
             **diff.to_json(),
             "n_candidates": len(families),
@@ -341,7 +351,9 @@ def add_baselines(doc: dict[str, Any], sae: Any, items: dict[str, Sequence[Volum
                   gate: Gate | None, cfg: RecoveryConfig, gate_sae: Any, progress: Progress) -> None:  # fmt: skip
     """Add ``baselines``, ``side_effects`` (of the protocol's edit) and ``verdict`` to ``doc``:
     the non-latent baselines (:mod:`.baselines`) on the same cases, calibration and gate."""
-    mode = {"oracle": "oracle", "blind-unlabelled": "unlabelled"}.get(protocol, "labelled")
+    mode = {"oracle": "oracle", "blind-unlabelled": "unlabelled", "diff-unlabelled": "unlabelled"}.get(
+        protocol, "labelled"
+    )
     doc["baselines"] = run_baselines(
         items, mode, region=cfg.region, threshold=cfg.threshold, source_tolerance=cfg.source_tolerance,
         source_case_tolerance=cfg.source_case_tolerance, gate=gate, sae=sae, gate_sae=gate_sae, progress=progress,
@@ -544,6 +556,7 @@ _NO_SPEC = {
     "cases by more than {cfg.core_tolerance} (core guard: mean less {cfg.core_guard_se} standard errors)",
     "gain": "no safe candidate raised the calibration target cases' mean Dice",
     "unlabelled": "no clamp-active spec kept the source predictions' region Dice >= 1 - 5 x {cfg.source_tolerance}",
+    "diff_unlabelled": "no diff spec kept the source predictions' region Dice >= 1 - 5 x {cfg.source_tolerance}",
 }
 
 
@@ -574,11 +587,12 @@ def core_change_bound(change: np.ndarray, n_se: float) -> np.ndarray:
     return mean - n_se * change.std(axis=1, ddof=1) / np.sqrt(n)
 
 
-def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig):
-    """Label-free choice: match the source's predicted region/TC volume ratio on the target."""
+def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig, only: str | None):
+    """Label-free choice among the families (those whose name starts with ``only``, if given):
+    match the source's predicted region/TC volume ratio on the target."""
     from medseglens_core.interventions.apply import region_mask
 
-    named = [(n, s) for n, s in families if n.startswith("clamp-active")]
+    named = [(n, s) for n, s in families if only is None or n.startswith(only)]
     specs = [s for _, s in named]
 
     def ratio(item: VolumeItem, volumes: np.ndarray) -> np.ndarray:

@@ -196,6 +196,7 @@ def _recover_rows(
     zoo, root, model_id, cohort, kind, protocols, cfg, report, out, progress
 ) -> list[dict[str, Any]]:
     from medseglens_core.interventions.pipeline import recover_from_zoo
+    from medseglens_core.interventions.recovery import DIFF_PROTOCOLS
     from medseglens_core.interventions.report import write_recovery
 
     design = kind in DESIGN_SHIFTS
@@ -213,7 +214,7 @@ def _recover_rows(
         common = {"shift": kind, "model_id": model_id, "design_shift": design}
         rows.append({**common, "protocol": d["protocol"], "kind": "latent", **row_numbers(d),
                      "side_effects": d.get("side_effects"), "verdict": (d.get("verdict") or {}).get("summary"),
-                     "diff_latents": len((d.get("diff_latents") or {}).get("latents", [])) if d["protocol"] == "diff" else None})  # fmt: skip
+                     "diff_latents": len((d.get("diff_latents") or {}).get("latents", [])) if d["protocol"] in DIFF_PROTOCOLS else None})  # fmt: skip
         if d["protocol"] in ("oracle", "blind"):
             for name, b in (d.get("baselines") or {}).items():
                 rows.append({**common, "protocol": f"{name} ({d['protocol']} rule)", "kind": "baseline",

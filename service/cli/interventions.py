@@ -94,7 +94,10 @@ def recover(
     target: Annotated[str, typer.Option("--target", help="Target cohort: a sub-folder of --data.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for recovery.json and recovery.html.")],
     protocol: Annotated[
-        str, typer.Option("--protocol", help="oracle, blind, blind-unlabelled, diff, a comma list, or all.")
+        str,
+        typer.Option(
+            "--protocol", help="oracle, blind, blind-unlabelled, diff, diff-unlabelled, a comma list, or all."
+        ),
     ] = "oracle",
     region: Annotated[
         str, typer.Option("--region", help="Region scored: SNFH (default), WT, TC, ET, NCR.")
@@ -125,7 +128,7 @@ def recover(
         Path | None,
         typer.Option(
             "--diff-report",
-            help="Protocol diff: the diff report.json whose target-specific latents it edits "
+            help="Protocols diff, diff-unlabelled: the diff report.json whose target-specific latents they edit "
             "(default: ZOO/reports/zoo/report.json; must be computed with the same SAE).",
         ),
     ] = None,

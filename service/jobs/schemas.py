@@ -63,12 +63,12 @@ class RecoveryRequest(_Request):
     model_id: ZooName
     sae_id: ZooName | None = Field(default=None, description="Null -> the model's main SAE.")
     target: ZooName = Field(description="Target cohort under the zoo's data/test/ folder (held-out cases).")
-    protocol: Literal["oracle", "blind", "blind-unlabelled", "diff"] = "blind"
+    protocol: Literal["oracle", "blind", "blind-unlabelled", "diff", "diff-unlabelled"] = "blind"
     region: Literal["SNFH", "WT", "TC", "ET", "NCR"] = "SNFH"
     threshold: float = Field(default=0.5, ge=0, le=1, description="Failure: region Dice below this.")
     diff_report_id: ZooName | None = Field(
         default=None,
-        description="Protocol diff: the diff report (GET /v1/diff-reports/{id}) whose target-specific "
+        description="Protocols diff and diff-unlabelled: the diff report (GET /v1/diff-reports/{id}) whose target-specific "
         "latents are edited; null -> the zoo's own report ('zoo'). It must use the same SAE.",
     )
 
@@ -89,8 +89,8 @@ class RecoverySuiteRequest(_Request):
     shifts: list[ShiftKind] | None = Field(
         default=None, min_length=1, max_length=7, description="Null -> every shift kind."
     )
-    protocols: list[Literal["oracle", "blind", "blind-unlabelled", "diff"]] = Field(
-        default=["oracle", "blind", "diff"], min_length=1, max_length=4
+    protocols: list[Literal["oracle", "blind", "blind-unlabelled", "diff", "diff-unlabelled"]] = Field(
+        default=["oracle", "blind", "diff"], min_length=1, max_length=5
     )
     n_target: int = Field(
         default=9, ge=2, le=40, description="Shifted cases per shift (calibration + evaluated)."

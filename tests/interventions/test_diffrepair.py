@@ -71,6 +71,29 @@ def test_the_calibration_diff_finds_the_bottleneck_a_report_missed(tmp_path) -> 
     assert only_report["recovered_fraction"] == 0.0
 
 
+def test_the_label_free_diff_protocol_repairs_without_a_target_label(tmp_path) -> None:
+    """diff-unlabelled: the calibration target cases carry no label; the candidates are the diff
+    protocol's (report + calibration diff), chosen by matching the source's SNFH/TC volume ratio."""
+    from dataclasses import replace
+
+    src, tgt = _items("adult", 0.5, range(4)), _items("ssa", 0.1, range(10, 16))
+    tgt = [replace(i, label=None) if k < 2 else i for k, i in enumerate(tgt)]  # calibration: unlabelled
+    diff = diff_latents(_report(tmp_path, [{"latent": 3, "direction": "down"}]), "m", "planted", "ssa")
+    cfg = RecoveryConfig(calib_n=2, n_candidates=2, dilation=6, gate=False)
+    doc = run_recovery(identity_sae(), src, tgt, "diff-unlabelled", model_id="m", source="adult",
+                       target="ssa", config=cfg, diff=diff)  # fmt: skip
+    assert doc["protocol"] == "diff-unlabelled" and doc["chosen_family"].startswith("diff-")
+    assert 1 in doc["diff_latents"]["used"] and doc["selection"]["reason"] is None
+    assert doc["n_failures"] == 4 and doc["recovered_fraction"] == 1.0
+    assert doc["source_dice_change"] >= -0.004
+    assert len(doc["baselines"]) == 4  # chosen by the label-free rule: the calibration has no label
+    with pytest.raises(InvalidInput, match="needs labelled target cases"):
+        run_recovery(identity_sae(), src, tgt, "diff", model_id="m", source="adult", target="ssa",
+                     config=cfg, diff=diff)  # fmt: skip
+    with pytest.raises(InvalidInput, match="protocol diff-unlabelled needs a diff report"):
+        run_recovery(identity_sae(), src, tgt, "diff-unlabelled", model_id="m", source="adult", target="ssa")
+
+
 def test_effect_ranking_is_attribution_times_the_relative_deficit() -> None:
     import numpy as np
 

@@ -189,7 +189,7 @@ def test_recovery_suite_job_runs_every_protocol_per_shift_on_a_tiny_zoo(tmp_path
             r = api.client.post("/v1/jobs/recovery-suite", json=bad, headers=api.h())
             assert r.status_code == status, r.text
             assert r.headers["content-type"].startswith("application/problem+json")
-        body = {"model_ids": ["unet-tiny"], "shifts": ["rician_noise"], "protocols": ["blind", "diff"],
+        body = {"model_ids": ["unet-tiny"], "shifts": ["rician_noise"], "protocols": ["blind", "diff", "diff-unlabelled"],
                 "n_target": 3, "calib_n": 1, "n_source": 2, "n_diff": 3}  # fmt: skip
         r = api.client.post("/v1/jobs/recovery-suite", json=body, headers=api.h())
         assert r.status_code == 202, r.text
@@ -198,7 +198,7 @@ def test_recovery_suite_job_runs_every_protocol_per_shift_on_a_tiny_zoo(tmp_path
         doc = api.client.get(done["result_link"], headers=api.h(api.read_key)).json()
         assert doc["shifts"] == ["rician_noise"] and doc["models"] == ["unet-tiny"]
         latent = [r for r in doc["rows"] if r["kind"] == "latent"]
-        assert [r["protocol"] for r in latent] == ["blind", "diff"]
+        assert [r["protocol"] for r in latent] == ["blind", "diff", "diff-unlabelled"]
         assert all(r["shift"] == "rician_noise" and r["design_shift"] is False for r in doc["rows"])
         if latent[0]["n_failures"]:  # the tiny model may fail no shifted case: then said so
             assert len([r for r in doc["rows"] if r["kind"] == "baseline"]) == 4

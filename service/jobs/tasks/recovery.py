@@ -1,10 +1,10 @@
 """Job kind ``recovery``: the failure-recovery benchmark (as ``medseglens recover``).
 
 Params (``RecoveryRequest``): ``model_id``, ``sae_id`` (null -> the model's main SAE), ``target``
-(cohort under ``ZOO/data``), ``protocol`` (``oracle`` | ``blind`` | ``blind-unlabelled`` | ``diff``),
-``region`` (scored region, default SNFH), ``threshold`` (failure Dice), ``diff_report_id``
-(protocol diff; default the zoo's report). The same pipeline as ``medseglens recover --data
-ZOO/data/test`` (:func:`medseglens_core.interventions.pipeline.recover_from_zoo`): blind
+(cohort under ``ZOO/data``), ``protocol`` (``oracle`` | ``blind`` | ``blind-unlabelled`` | ``diff``
+| ``diff-unlabelled``), ``region`` (scored region, default SNFH), ``threshold`` (failure Dice),
+``diff_report_id`` (protocols diff and diff-unlabelled; default the zoo's report). The same
+pipeline as ``medseglens recover --data ZOO/data/test`` (:func:`medseglens_core.interventions.pipeline.recover_from_zoo`): blind
 protocols check harm on ``ZOO/data/val/<source>`` too and read the model's gate SAE (card
 ``role: gate``) when the zoo has one; every protocol carries the non-latent baselines. Writes
 ``<data_dir>/jobs/<job_id>/recovery.json`` (+ ``recovery.html``), served by
