@@ -525,10 +525,9 @@ def _blind(ev: _Scores, families: Named, calib_t, calib_s, gate: Gate | None, cf
     # the core guard before the cut to the best few, so a core-keeping candidate further down
     # the ranking is still confirmed when the best ones buy oedema with the core
     up = [i for i in np.argsort(-gain, kind="stable") if safe[i]]
-    core_ok = _keeps_core(ev, calib_t, [specs[i] for i in up], cfg) if up else np.zeros(0, bool)
-    record["keep_core_at_screen"] = int(core_ok.sum())
-    order = [i for i, ok in zip(up, core_ok, strict=True) if ok]
-    keep = [named[i] for i in order[: 2 * cfg.confirm_top]]
+    order, checked = _first_keeping_core(ev, calib_t, [specs[i] for i in up], cfg, 2 * cfg.confirm_top)
+    record |= {"core_checked_at_screen": checked, "keep_core_at_screen": len(order)}
+    keep = [named[up[i]] for i in order]
     if not keep:
         why = "core_screen" if up else "harm"
         return None, InterventionSpec(), record | {"reason": _NO_SPEC[why].format(cfg=cfg)}
@@ -573,6 +572,21 @@ def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: Re
             after = case_scores(item, labels, cfg.region)
             change[k, c] = [after[r] - before[r] for r in regions]
     return (core_change_bound(change, cfg.core_guard_se) >= -cfg.core_tolerance).all(axis=1)
+
+
+def _first_keeping_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: RecoveryConfig,
+                        want: int) -> tuple[list[int], int]:  # fmt: skip
+    """The first ``want`` of ``specs`` (in their order) that pass :func:`_keeps_core`, as indices,
+    and how many were checked: the guard runs full volumes, so it checks ``want`` at a time
+    down the ranking and stops once enough keep the core (the same specs as checking all)."""
+    found: list[int] = []
+    start = 0
+    while start < len(specs) and len(found) < want:
+        part = specs[start : start + want]
+        ok = _keeps_core(ev, calib_t, part, cfg)
+        found += [start + int(i) for i in np.flatnonzero(ok)]
+        start += len(part)
+    return found[:want], start
 
 
 def core_change_bound(change: np.ndarray, n_se: float) -> np.ndarray:

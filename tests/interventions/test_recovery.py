@@ -173,6 +173,20 @@ def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
     assert "No spec chosen:" in render_recovery_html([doc]) and "core guard" in render_recovery_html([doc])
 
 
+def test_the_core_guard_stops_once_enough_candidates_keep_the_core(cohorts) -> None:
+    """Full-volume checks down the ranking, ``want`` at a time, only until ``want`` pass."""
+    from medseglens_core.interventions.recovery import _first_keeping_core, _Scores
+    from medseglens_core.interventions.spec import Edit, InterventionSpec
+
+    _, tgt = cohorts
+    ev = _Scores(identity_sae(), "SNFH", stride=1)
+    keep, erase = InterventionSpec(), InterventionSpec(edits=[Edit(latent=2, op="ablate")])
+    assert _first_keeping_core(ev, tgt[:2], [keep] * 20, CFG, 6) == ([0, 1, 2, 3, 4, 5], 6)
+    mixed = [erase, keep] * 10  # every other one erases the core: two rounds of 6
+    assert _first_keeping_core(ev, tgt[:2], mixed, CFG, 6) == ([1, 3, 5, 7, 9, 11], 12)
+    assert _first_keeping_core(ev, tgt[:2], [erase] * 3, CFG, 6) == ([], 3)
+
+
 def test_blind_confirms_a_core_keeping_candidate_ranked_below_the_cut(cohorts) -> None:
     """Seven candidates restore the oedema and erase the core (ET latent ablated); one, listed
     last and tied on the oedema, keeps the core. The core guard runs before the cut to the best
@@ -192,4 +206,5 @@ def test_blind_confirms_a_core_keeping_candidate_ranked_below_the_cut(cohorts) -
     name, spec, record = _blind(ev, [*bad, good], tgt[:2], src, None, cfg, None)
     assert name == "keep-core" and spec == good[1]
     assert record["harmless_at_screen"] == 8 and record["keep_core_at_screen"] == 1
+    assert record["core_checked_at_screen"] == 8  # down the whole ranking to find it
     assert record["confirmed"] == 1 and record["reason"] is None
