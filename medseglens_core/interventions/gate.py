@@ -16,10 +16,15 @@ The fit (:func:`fit_gate`) on per-volume log firing rates ``l_j = log(rate_j + G
 
 There is no gate (None) when the two groups overlap on the calibration scans, or when the fit
 does not generalise within them: refitted without each calibration scan in turn (leave one
-out), the gate must classify at least ``min_loo_accuracy`` (0.8) of the left-out scans
-correctly. A gate that fails this would open on source scans it has not seen (on the demo zoo:
-SegFormer stage 3, 4-8 errors of 13 scans; U-Net bottleneck, 1-2); the spec then has to be
-safe on the source without one (the blind protocol's harm check decides).
+out), the gate's balanced accuracy on the left-out scans -- the mean of the fraction of target
+scans it opens on and the fraction of source scans it stays closed on -- must be at least
+``min_loo_accuracy`` (0.8). A gate that fails this would open on source scans it has not seen
+(on the demo zoo: SegFormer stage 3, 4-8 errors of 13 scans; U-Net bottleneck, 1-2) or stay
+closed on the target it was fitted for; the spec then has to be safe on the source without one
+(the blind protocol's harm check decides). Balanced, because the groups are unequal: with 3
+target and 16 source scans, a gate that misses all 3 left-out targets still classifies 84% of
+the 19 scans (suite-9600, U-Net under bright_compression: such a gate opened on 1 of 9
+evaluated scans).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from medseglens_core.interventions.spec import GATE_EPS, Gate
 class GateFit:
     """A fitted gate and how well it separated the calibration scans.
 
-    ``gate`` is None when the groups overlapped. ``margin``: lowest target score minus highest
-    source score (> 0 when separated), in the score's units (standard deviations of log rate).
+    ``gate`` is None when the groups overlapped or the fit did not generalise. ``margin``: lowest
+    target score minus highest source score (> 0 when separated), in the score's units (standard
+    deviations of log rate). ``loo_errors``: left-out scans misclassified, of which
+    ``loo_target_errors`` target scans the refitted gate stayed closed on.
     """
 
     gate: Gate | None
@@ -49,6 +56,7 @@ class GateFit:
     target_scores: list[float]
     source_scores: list[float]
     loo_errors: int = 0
+    loo_target_errors: int = 0
 
 
 def item_rates(item: VolumeItem, sae: Any, hook: str | None = None) -> np.ndarray:
@@ -70,9 +78,9 @@ def _fit(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float):
     return pick, weights, (lt[:, pick] * weights).sum(axis=1), (ls[:, pick] * weights).sum(axis=1)
 
 
-def _loo_errors(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float) -> int:
-    """Calibration scans misclassified by the gate refitted without them."""
-    errors = 0
+def _loo_errors(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float) -> tuple[int, int]:
+    """``(target, source)`` calibration scans misclassified by the gate refitted without them."""
+    errors = [0, 0]
     for group, rows in ((0, lt), (1, ls)):
         for i in range(len(rows)):
             rest = np.delete(rows, i, axis=0)
@@ -80,8 +88,13 @@ def _loo_errors(lt: np.ndarray, ls: np.ndarray, n_latents: int, sd_floor: float)
             pick, w, st, ss = _fit(a, b, n_latents, sd_floor)
             score = float((rows[i, pick] * w).sum())
             threshold = (st.min() + ss.max()) / 2
-            errors += int((score >= threshold) != (group == 0))
-    return errors
+            errors[group] += int((score >= threshold) != (group == 0))
+    return errors[0], errors[1]
+
+
+def balanced_accuracy(errors_target: int, n_target: int, errors_source: int, n_source: int) -> float:
+    """Mean of the per-group accuracies (each group counts half, whatever its size)."""
+    return 1.0 - (errors_target / n_target + errors_source / n_source) / 2
 
 
 def fit_gate(
@@ -105,9 +118,9 @@ def fit_gate(
     ls = np.log(np.stack([item_rates(i, sae, hook) for i in source]) + GATE_EPS)
     pick, weights, st, ss = _fit(lt, ls, n_latents, sd_floor)
     margin = float(st.min() - ss.max())
-    loo = _loo_errors(lt, ls, n_latents, sd_floor) if margin > 0 else 0
+    loo_t, loo_s = _loo_errors(lt, ls, n_latents, sd_floor) if margin > 0 else (0, 0)
     gate = None
-    if margin > 0 and loo <= (1.0 - min_loo_accuracy) * (len(lt) + len(ls)):
+    if margin > 0 and balanced_accuracy(loo_t, len(lt), loo_s, len(ls)) >= min_loo_accuracy:
         own = hook is None or hook == target[0].cache.hook
         gate = Gate(
             hook=None if own else hook,
@@ -115,7 +128,7 @@ def fit_gate(
             weights=[float(w) for w in weights],
             threshold=float((st.min() + ss.max()) / 2),
         )
-    return GateFit(gate, margin, [float(v) for v in st], [float(v) for v in ss], loo)
+    return GateFit(gate, margin, [float(v) for v in st], [float(v) for v in ss], loo_t + loo_s, loo_t)
 
 
 def gate_opens(items: Sequence[VolumeItem], sae: Any, gate: Gate | None) -> list[bool]:
@@ -138,6 +151,7 @@ def gate_report(
         "fitted": fit.gate is not None,
         "margin": fit.margin,
         "leave_one_out_errors": fit.loo_errors,
+        "leave_one_out_target_errors": fit.loo_target_errors,
         "calibration_target_scores": fit.target_scores,
         "calibration_source_scores": fit.source_scores,
         "opens_on_evaluated_target": sum(gate_opens(evaluated, sae, fit.gate)),

@@ -20,7 +20,8 @@ on the same cases and calibration. A shift where the unedited model fails no eva
 reported as such (``n_failures: 0``), not skipped silently.
 
 ``DESIGN_SHIFTS`` names the shift kinds that informed a design choice (the others are unseen):
-``modality_swap`` is the diff's planted positive control.
+``modality_swap`` is the diff's planted positive control; ``bright_compression`` (suite-9600)
+informed the gate's balanced leave-one-out rule.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ Progress = Callable[[dict[str, Any]], None] | None
 #: Shift kinds that informed a design choice, and which.
 DESIGN_SHIFTS: dict[str, str] = {
     "modality_swap": "the diff report's planted positive control (its thresholds were checked on it)",
+    "bright_compression": "the gate's balanced leave-one-out rule (suite-9600, U-Net: a gate that "
+    "missed its left-out calibration targets opened on 1 of 9 evaluated scans)",
 }
 
 

@@ -154,3 +154,34 @@ def test_zoo_gate_sae_is_found_by_role_and_never_the_main_sae(tmp_path) -> None:
     assert gate_sae_id(tmp_path, "m") == "m-a-gate"
     assert gate_sae_id(tmp_path, "other") is None
     assert [e.sae_id for e in discover_zoo(tmp_path)] == ["m-b-main"]  # "a" sorts first, still not main
+
+
+def _marked(cohort: str, seed: int, markers: dict[int, float]) -> VolumeItem:
+    """A planted volume with channel ``c`` (latent ``c`` of the identity SAE) shifted by ``markers[c]``."""
+    slices, label = planted_volume(0.5, seed)
+    for c, m in markers.items():
+        slices[:, c] += m
+    cache = PrefixCache.build(PlantedModel(), IdentityPrepared(slices, label))
+    return VolumeItem(f"{cohort}-{seed:02d}", cohort, cache, label, (1.0, 1.0, 1.0))
+
+
+def test_balanced_accuracy_weighs_each_group_half() -> None:
+    from medseglens_core.interventions.gate import balanced_accuracy
+
+    assert balanced_accuracy(0, 3, 0, 16) == 1.0
+    assert balanced_accuracy(3, 3, 0, 16) == 0.5  # 16 of 19 scans right, yet no target scan
+    assert balanced_accuracy(1, 5, 1, 10) == pytest.approx(0.85)
+
+
+def test_fit_gate_refuses_a_gate_that_misses_every_left_out_target() -> None:
+    """Two target scans marked on DIFFERENT latents (0 and 3; both silent on the source): the fit on
+    both separates them, but refitted without one, the gate reads only the other's latent and stays
+    closed on the left-out one. 2 errors of 12 scans (83%) passed the old all-scans rule; the
+    balanced accuracy is 0.5, so there is no gate."""
+    sae = identity_sae()
+    target = [_marked("ssa", 60, {0: 0.01, 3: -0.05}), _marked("ssa", 61, {0: -0.05, 3: 0.01})]
+    source = [_marked("adult", s, {0: -0.05, 3: -0.05}) for s in range(62, 72)]
+    fit = fit_gate(sae, target, source, n_latents=2)
+    assert fit.margin > 0  # separated on the calibration scans themselves
+    assert fit.loo_target_errors == 2 and fit.loo_errors == 2
+    assert fit.gate is None
