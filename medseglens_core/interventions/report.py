@@ -113,6 +113,7 @@ def render_recovery_html(docs: list[dict[str, Any]]) -> str:
         if d.get("calibration"):
             ids = ", ".join(html.escape(c) for c in d["calibration"]["target_case_ids"])
             parts.append(f"<p>Calibration target cases (not evaluated): {ids}</p>")
+        parts.append(_gate_text(d.get("gate")))
         parts.append(
             "<table><tr><th class=l>case</th><th>Dice before</th><th>Dice after</th><th class=l>status</th>"
             "<th class=l>spec</th></tr>"
@@ -135,6 +136,24 @@ def render_recovery_html(docs: list[dict[str, Any]]) -> str:
         parts.append(_diff_latents_text(d.get("diff_latents")))
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def _gate_text(g: dict[str, Any] | None) -> str:
+    """Whether a population gate was kept and where it opens (the spec edits only those scans)."""
+    if not g:
+        return ""
+    loo = (
+        f"leave-one-out errors {g['leave_one_out_errors']} of "
+        f"{len(g['calibration_target_scores']) + len(g['calibration_source_scores'])} calibration scans "
+        f"({g.get('leave_one_out_target_errors', 'n/a')} of them target scans)"
+    )
+    if not g["fitted"]:
+        return f"<p><b>Gate:</b> none kept (margin {g['margin']:.3g}; {loo}); the spec edits every scan.</p>"
+    return (
+        f"<p><b>Gate:</b> margin {g['margin']:.3g}, {loo}; opens on {g['opens_on_evaluated_target']} of "
+        f"{g['n_evaluated_target']} evaluated target scans and {g['opens_on_heldout_source']} of "
+        f"{g['n_heldout_source']} held-out source scans.</p>"
+    )
 
 
 def _diff_latents_text(dl: dict[str, Any] | None) -> str:

@@ -7,6 +7,7 @@ import pytest
 
 from medseglens_core.interventions.batch import SliceScorer, score_specs
 from medseglens_core.interventions.recovery import RecoveryConfig, run_recovery
+from medseglens_core.interventions.report import render_recovery_html
 from medseglens_core.interventions.search import FamilyGrid, VolumeItem, profile, rank_candidates
 from medseglens_core.interventions.steer import fit_steering, pack, select_latents, steering_spec
 from tests.interventions.fakes import (
@@ -76,6 +77,11 @@ def test_protocols_recover_the_planted_failures(cohorts, protocol: str) -> None:
         sel = doc["selection"]
         assert sel["candidates"] >= sel["harmless_at_screen"] >= sel["confirmed"] >= sel["keep_core"] >= 1
         assert sel["best_calibration_dice"] > 0.5 > sel["calibration_dice_before"] == 0.0
+        g = doc["gate"]  # 2 calibration targets vs 2 source scans; the page says what the gate did
+        assert 0 <= g["leave_one_out_target_errors"] <= min(g["leave_one_out_errors"], 2)
+        page = render_recovery_html([doc])
+        assert "<b>Gate:</b>" in page and f"leave-one-out errors {g['leave_one_out_errors']} of 4" in page
+        assert ("none kept" in page) != g["fitted"]
     if protocol == "oracle":
         assert "selection" not in doc
 
@@ -168,7 +174,6 @@ def test_blind_refuses_specs_that_cost_the_core(cohorts) -> None:
     assert (
         sel["harmless_at_screen"] >= 1 and sel["keep_core_at_screen"] == 0 and "core guard" in sel["reason"]
     )
-    from medseglens_core.interventions.report import render_recovery_html
 
     assert "No spec chosen:" in render_recovery_html([doc]) and "core guard" in render_recovery_html([doc])
 
