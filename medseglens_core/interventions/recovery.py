@@ -57,8 +57,10 @@ from medseglens_core.errors import InvalidInput
 from medseglens_core.interventions.apply import apply_spec
 from medseglens_core.interventions.baselines import (
     BaselineGrid,
+    CoreGuard,
     case_scores,
     grid_json,
+    guarded_regions,
     run_baselines,
     side_effects,
 )
@@ -165,6 +167,10 @@ class RecoveryConfig:
     gate_latents: int = 32
     baselines: bool = True
     diff_grid: DiffGrid = field(default_factory=DiffGrid)
+
+    def core_guard(self) -> CoreGuard:
+        """The core guard the blind protocols and the labelled baselines apply."""
+        return CoreGuard(self.core_tolerance, self.core_guard_se)
 
 
 Progress = Callable[[dict[str, Any]], None] | None
@@ -356,7 +362,8 @@ def add_baselines(doc: dict[str, Any], sae: Any, items: dict[str, Sequence[Volum
     )
     doc["baselines"] = run_baselines(
         items, mode, region=cfg.region, threshold=cfg.threshold, source_tolerance=cfg.source_tolerance,
-        source_case_tolerance=cfg.source_case_tolerance, gate=gate, sae=sae, gate_sae=gate_sae, progress=progress,
+        source_case_tolerance=cfg.source_case_tolerance, gate=gate, sae=sae, gate_sae=gate_sae,
+        core_guard=cfg.core_guard(), progress=progress,
     )  # fmt: skip
     doc["baseline_grid"] = grid_json(BaselineGrid())
     specs = {r["case_id"]: r["spec"] for r in doc["cases"]}
@@ -563,7 +570,7 @@ def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: Re
     """``(len(specs),)`` bool: on the labelled calibration target cases, the mean TC and ET Dice
     change (those not scored) less ``cfg.core_guard_se`` standard errors of the mean is
     >= ``-cfg.core_tolerance``."""
-    regions = [r for r in ("TC", "ET") if r != cfg.region]
+    regions = guarded_regions(cfg.region)
     change = np.zeros((len(specs), len(calib_t), len(regions)))
     for c, item in enumerate(calib_t):
         before = case_scores(item, item.cache.baseline_labels, cfg.region)
@@ -571,7 +578,7 @@ def _keeps_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: Re
             labels = apply_spec(item.cache, ev.sae, spec, gate_sae=ev.gate_sae).edited_labels
             after = case_scores(item, labels, cfg.region)
             change[k, c] = [after[r] - before[r] for r in regions]
-    return (core_change_bound(change, cfg.core_guard_se) >= -cfg.core_tolerance).all(axis=1)
+    return cfg.core_guard().keeps(change)
 
 
 def _first_keeping_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec], cfg: RecoveryConfig,
@@ -587,18 +594,6 @@ def _first_keeping_core(ev: _Scores, calib_t, specs: Sequence[InterventionSpec],
         found += [start + int(i) for i in np.flatnonzero(ok)]
         start += len(part)
     return found[:want], start
-
-
-def core_change_bound(change: np.ndarray, n_se: float) -> np.ndarray:
-    """``(specs, regions)``: the mean over cases of ``change`` ``(specs, cases, regions)`` less
-    ``n_se`` standard errors of it (sample standard deviation / sqrt(cases); none with one case)."""
-    n = change.shape[1]
-    if n == 0:
-        return np.zeros((change.shape[0], change.shape[2]))
-    mean = change.mean(axis=1)
-    if n < 2 or n_se == 0:
-        return mean
-    return mean - n_se * change.std(axis=1, ddof=1) / np.sqrt(n)
 
 
 def _unlabelled(ev: _Scores, families: Named, calib_t, calib_s, src, cfg: RecoveryConfig, only: str | None):

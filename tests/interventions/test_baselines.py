@@ -10,6 +10,7 @@ from medseglens_core.interventions.baselines import (
     QUANTILES,
     BaselineEval,
     Candidate,
+    CoreGuard,
     candidates,
     choose,
     matched_slices,
@@ -134,6 +135,8 @@ def test_every_protocol_report_carries_baselines_side_effects_and_a_verdict(coho
             identity_sae(), src, tgt, protocol, model_id="m", source="adult", target="ssa", config=cfg
         )
         assert len(doc["baselines"]) == 4
+        # the labelled rule holds the baselines to the protocol's core guard; the oracle has none
+        assert all(b["core_guard"] == (protocol == "blind") for b in doc["baselines"].values())
         assert set(doc["side_effects"]) >= {"TC", "ET", "WT", "SNFH_ml"}
         v = doc["verdict"]
         best = max(b["recovered_fraction"] for b in doc["baselines"].values())
@@ -142,3 +145,47 @@ def test_every_protocol_report_carries_baselines_side_effects_and_a_verdict(coho
         assert v == verdict(doc)
         page = render_recovery_html([doc])  # protocol and baselines side by side, with the verdict
         assert all(name in page for name in doc["baselines"]) and "Verdict:" in page and "TC &Delta;" in page
+
+
+class _TableEval:
+    """A BaselineEval stand-in: scores read off a table ``{(case_id, candidate name): scores}``."""
+
+    region = "SNFH"
+
+    def __init__(self, table: dict[tuple[str, str | None], dict[str, float]]) -> None:
+        self.table = table
+
+    def scores(self, item, cand):
+        return self.table[(item.case_id, cand.name if cand else None)]
+
+
+def test_the_labelled_choice_holds_baselines_to_the_core_guard() -> None:
+    """Candidate ``big`` gains the most SNFH Dice on the calibration targets but costs TC 0.10;
+    ``small`` gains less and keeps the core; ``spread`` keeps TC on average (-0.01) with a spread
+    (0.00 / -0.02 / -0.01 / +0.02 / -0.05: standard error 0.012) that the guard's standard error
+    refuses. Without a guard the rule picks ``big``, as before the guard."""
+    from types import SimpleNamespace
+
+    big = Candidate("logit_bias_global", (("bias", 4.0),))
+    small = Candidate("logit_bias_global", (("bias", 1.0),))
+    spread = Candidate("logit_bias_global", (("bias", 2.0),))
+    tgt = [SimpleNamespace(case_id=f"t{i}", label=1) for i in range(5)]
+    src = [SimpleNamespace(case_id="s0", label=1)]
+    tc_spread = [0.0, -0.02, -0.01, 0.02, -0.05]
+    table = {("s0", None): {"dice": 0.9}, ("s0", big.name): {"dice": 0.9}, ("s0", small.name): {"dice": 0.9},
+             ("s0", spread.name): {"dice": 0.9}}  # fmt: skip
+    for t, d_tc in zip(tgt, tc_spread, strict=True):
+        table[(t.case_id, None)] = {"dice": 0.3, "TC": 0.8, "ET": 0.6}
+        table[(t.case_id, big.name)] = {"dice": 0.7, "TC": 0.7, "ET": 0.6}
+        table[(t.case_id, small.name)] = {"dice": 0.5, "TC": 0.8, "ET": 0.6}
+        table[(t.case_id, spread.name)] = {"dice": 0.6, "TC": 0.8 + d_tc, "ET": 0.6}
+    ev = _TableEval(table)
+    kw = {"calib_t": tgt, "calib_s": src, "evaluate": [], "threshold": 0.5, **TOL}
+    assert choose(ev, [big, small, spread], "labelled", **kw).default == big
+    assert (
+        choose(ev, [big, small, spread], "labelled", core_guard=CoreGuard(0.02, 1.0), **kw).default == small
+    )
+    assert (
+        choose(ev, [big, small, spread], "labelled", core_guard=CoreGuard(0.02, 0.0), **kw).default == spread
+    )
+    assert choose(ev, [big], "labelled", core_guard=CoreGuard(0.02, 1.0), **kw).default is None

@@ -128,7 +128,7 @@ def test_core_guard_refuses_an_edit_that_erases_the_core(cohorts) -> None:
 
 def test_core_change_bound_on_a_hand_made_case() -> None:
     """Mean less n standard errors: (0, -0.04) has mean -0.02, sd 0.0283, se 0.02 -> -0.04."""
-    from medseglens_core.interventions.recovery import core_change_bound
+    from medseglens_core.interventions.baselines import core_change_bound
 
     # (2 specs, 2 cases, TC/ET)
     change = np.array([[[0.0, 0.01], [-0.04, 0.01]], [[-0.01, 0.0], [-0.01, 0.0]]])
