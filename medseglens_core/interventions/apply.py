@@ -323,7 +323,8 @@ def apply_spec(
         ks = torch.nonzero((logits != cache.baseline_logits).flatten(1).any(dim=1)).flatten().tolist()
         edited = cache.baseline_labels.copy()
         if ks:
-            edited[:, :, slice_z(cache, ks)] = slice_labels(cache, ks, logits[ks])
+            zs = slice_z(cache, ks)
+            edited[:, :, zs] = cache.protect(slice_labels(cache, ks, logits[ks]), zs, spec.protect)
     result = summarise(cache.baseline_labels, edited, label, spacing, n_tokens, n_slices, summaries)
     if score is not None and spec.gate is not None:
         result.gate_score, result.gate_open = score, score >= spec.gate.threshold

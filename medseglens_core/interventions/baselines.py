@@ -33,7 +33,9 @@ protocol's own rule, so no baseline sees a label the latent protocol does not:
   ``1 - 5 x source_tolerance``.
 
 With a gate, a baseline edits only volumes the gate opens on (the others keep the unedited
-prediction bit for bit), exactly as the latent spec does.
+prediction bit for bit), exactly as the latent spec does; with the protocol's ``protect``
+regions (``RecoveryConfig.protect``, TC by default), voxels the unedited model put there keep
+their label under every baseline, as under the latent specs.
 
 ``side_effects`` (for protocols and baselines alike): over ALL evaluated target cases, the mean
 change of TC, ET and WT Dice, and of the predicted SNFH volume in mL (``SNFH_ml``), plus
@@ -137,11 +139,13 @@ class BaselineEval:
 
     ``gate``/``sae``/``gate_sae``: the protocol's population gate (None: every volume is edited).
     ``reference``: source quantiles for ``histogram_match`` (:func:`source_quantiles`).
+    ``protect``: regions of the unedited prediction every baseline keeps (the latent specs'
+    ``protect``), so a baseline cannot relabel the core either.
     """
 
     def __init__(self, region: str, reference: np.ndarray, gate: Gate | None = None, sae: Any = None,
-                 gate_sae: Any = None) -> None:  # fmt: skip
-        self.region, self.reference = region, reference
+                 gate_sae: Any = None, protect: Sequence[str] = ()) -> None:  # fmt: skip
+        self.region, self.reference, self.protect = region, reference, tuple(protect)
         self.gate, self.sae, self.gate_sae = gate, sae, gate_sae
         self.channel = LABELS[region] if region in LABELS else LABELS["SNFH"]
         self._open: dict[int, bool] = {}
@@ -184,12 +188,21 @@ class BaselineEval:
             return _to_case_grid(cache, _forward(cache.model, slices))
         raise ValueError(f"unknown baseline {cand.baseline!r}")
 
+    def protected_labels(self, item: VolumeItem, cand: Candidate | None) -> np.ndarray:
+        """:meth:`labels` with the voxels of the unedited prediction's ``protect`` regions back at
+        their unedited labels (as ``InterventionSpec.protect`` does for the latent specs)."""
+        labels = self.labels(item, cand)
+        if cand is None or not self.protect or labels is item.cache.baseline_labels:
+            return labels
+        return item.cache.protect(labels.copy(), range(labels.shape[2]), self.protect)
+
     def scores(self, item: VolumeItem, cand: Candidate | None) -> dict[str, float]:
         """Region Dice vs the label (``dice``), vs the unedited prediction (``own``), TC/ET/WT
-        Dice, predicted region/TC voxel counts and SNFH volume (mL) of ``item`` under ``cand``."""
+        Dice, predicted region/TC voxel counts and SNFH volume (mL) of ``item`` under ``cand``
+        (protected regions kept)."""
         key = (id(item), cand)
         if key not in self._scores:
-            self._scores[key] = case_scores(item, self.labels(item, cand), self.region)
+            self._scores[key] = case_scores(item, self.protected_labels(item, cand), self.region)
         return self._scores[key]
 
 
@@ -355,6 +368,7 @@ def run_baselines(
     gate_sae: Any = None,
     grid: BaselineGrid = BaselineGrid(),
     core_guard: CoreGuard | None = None,
+    protect: Sequence[str] = (),
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every baseline, chosen by ``mode``, scored like the latent protocol (``core_guard``: the
@@ -367,7 +381,7 @@ def run_baselines(
     source_dice_change, side_effects, chosen}}``.
     """
     ref = source_quantiles(items.get("reference") or items["source"])
-    ev = BaselineEval(region, ref, gate, sae, gate_sae)
+    ev = BaselineEval(region, ref, gate, sae, gate_sae, protect)
     out: dict[str, dict[str, Any]] = {}
     evaluate = list(items["evaluate"])
     source = [i for i in items["source"] if i.label is not None]
@@ -393,6 +407,7 @@ def run_baselines(
             else [c.name if c else None for c in map(choice.for_item, evaluate)],
             "gate": gate is not None,
             "core_guard": core_guard is not None and mode == "labelled",
+            "protect": list(protect),
         }
         if progress is not None:
             progress({"stage": "baseline", "baseline": name, "recovered": f"{n_rec}/{len(fails)}"})

@@ -160,9 +160,13 @@ def score_specs(
     rows = [(k, d) for per in deltas for k, d in sorted(per.items())]
     logits = run_rows(cache, rows) if rows else torch.zeros(0)
     out, pos = [], 0
-    for per in deltas:
+    for spec, per in zip(specs, deltas, strict=True):
         ks = sorted(per)
-        labels = slice_labels(cache, ks, logits[pos : pos + len(ks)]) if ks else None
+        labels = None
+        if ks:
+            labels = cache.protect(
+                slice_labels(cache, ks, logits[pos : pos + len(ks)]), slice_z(cache, ks), spec.protect
+            )
         out.append(float(scorer.counts(ks, labels)[1]) if volumes else scorer.dice(ks, labels))
         pos += len(ks)
     return out

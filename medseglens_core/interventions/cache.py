@@ -80,6 +80,7 @@ class PrefixCache:
     channels: int
     _tokens: torch.Tensor | None = field(default=None, repr=False)
     _region_tokens: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _protected: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     @torch.no_grad()
@@ -171,6 +172,24 @@ class PrefixCache:
             t.setflags(write=False)
             self._region_tokens[key] = t
         return self._region_tokens[key]
+
+    def protect(self, labels: np.ndarray, zs: Sequence[int], regions: Sequence[str]) -> np.ndarray:
+        """``labels`` ``(X, Y, len(zs))`` of case-grid slices ``zs`` with every voxel the unedited
+        prediction puts in one of ``regions`` set back to its unedited label (in place; returned).
+        The union mask is kept on the cache, read-only."""
+        if not regions:
+            return labels
+        key = tuple(sorted(set(regions)))
+        if key not in self._protected:
+            from medseglens_core.interventions.apply import region_mask
+
+            m = np.logical_or.reduce([region_mask(self.baseline_labels, r) for r in key])
+            m.setflags(write=False)
+            self._protected[key] = m
+        zs = list(zs)
+        keep = self._protected[key][:, :, zs]
+        labels[keep] = self.baseline_labels[:, :, zs][keep]
+        return labels
 
     def voxels_to_tokens(self, mask: np.ndarray) -> np.ndarray:
         """Case-grid boolean mask ``(X, Y, Z)`` -> token mask ``(Z*h*w,)``: a token is in when

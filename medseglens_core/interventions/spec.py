@@ -37,6 +37,12 @@ and the edits apply only when ``score >= threshold``; otherwise the spec is the 
 unedited prediction, bit for bit). The recovery benchmark's blind protocols fit one so that a
 population-specific repair leaves scans of the training population untouched: the firing rates
 of population-specific latents tell the populations apart without any label.
+
+``protect`` (regions, e.g. ``["TC"]``): voxels the unedited model assigns to one of these regions
+keep their unedited label, whatever the edit does to the logits there. An oedema repair with
+``protect: ["TC"]`` can grow oedema around the core but cannot rewrite the core itself (the
+recovery benchmark's protocols use it, and so do its logit baselines). The edited logits and
+latent summaries are unchanged; only the label map is.
 """
 
 from __future__ import annotations
@@ -151,6 +157,12 @@ class InterventionSpec(BaseModel):
 
     edits: list[Edit] = Field(default_factory=list, max_length=256)
     gate: Gate | None = Field(default=None, description="Apply the edits only where this gate opens.")
+    protect: list[RegionName] = Field(
+        default_factory=list,
+        max_length=5,
+        description="Regions of the unedited prediction whose voxels keep their unedited label "
+        "(e.g. ['TC']: the edit may grow oedema but not rewrite the core).",
+    )
 
     @property
     def needs_mask(self) -> bool:

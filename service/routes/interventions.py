@@ -53,6 +53,7 @@ def to_out(row: Intervention) -> InterventionOut:
         gate=s.get("gate"),
         gate_score=s.get("gate_score"),
         gate_open=s.get("gate_open"),
+        protect=s.get("protect", []),
         baseline=RegionSummary(region_volumes_ml=s["baseline_volume_ml"], dice=s["dice_before"]),
         edited=RegionSummary(region_volumes_ml=s["edited_volume_ml"], dice=s["dice_after"]),
         volume_change_ml=s["volume_change_ml"],
@@ -128,7 +129,8 @@ async def create_intervention(
     Only the network after the hook re-runs, from the prefix cached by a segmentation of the same
     volume and model (computed now on a miss). An empty edit list changes nothing (changed_voxels 0,
     mask bit-identical to the segmentation's); so does a `gate` that stays closed on this volume
-    (`gate_open` false). 422 for an invalid spec (unknown op, missing value, latent >= d_sae in an
+    (`gate_open` false). `protect` keeps the unedited labels of voxels in those predicted regions
+    (e.g. `["TC"]`: an oedema repair that may not relabel the core). 422 for an invalid spec (unknown op, missing value, latent >= d_sae in an
     edit or the gate, scope `mask` without a labelled `mask_volume_id` on the same grid), an SAE of
     another model (`sae-model-mismatch`), or a `patch` whose reference cohort has no statistics.
     """
@@ -140,7 +142,7 @@ async def create_intervention(
     sae = resident_sae(pool, body.sae_id, model)
     if sae is None:  # pragma: no cover - sae_id is required, so resident_sae returns one or raises
         raise ResourceNotFound(f"No SAE {body.sae_id!r}.")
-    spec = InterventionSpec(edits=body.edits, gate=body.gate)
+    spec = InterventionSpec(edits=body.edits, gate=body.gate, protect=body.protect)
     mask_volume = None
     if spec.needs_mask:
         if body.mask_volume_id is None:
@@ -179,6 +181,7 @@ async def create_intervention(
         storage.publish(stage, dest)
     if spec.gate is not None:
         summary["gate"] = spec.gate.model_dump(mode="json")
+    summary["protect"] = list(spec.protect)
     row = Intervention(
         id=item_id,
         volume_id=volume.id,

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medseglens_core.interventions.spec import Edit, Gate
+from medseglens_core.interventions.spec import Edit, Gate, RegionName
 from service.schemas.segmentations import CATALOG_PATTERN, ID_PATTERN
 from service.schemas.trust import OOD, Provenance
 
@@ -38,6 +38,14 @@ class InterventionCreate(BaseModel):
         default=None,
         pattern=CATALOG_PATTERN,
         description="For a gate whose `hook` differs from the SAE's: the SAE of that hook (same model).",
+    )
+    protect: list[RegionName] = Field(
+        default_factory=list,
+        max_length=5,
+        description=(
+            "Regions of the unedited prediction whose voxels keep their unedited label (e.g. ['TC']: "
+            "the edits may grow oedema but not relabel the core), e.g. the `spec.protect` of a recovery.json."
+        ),
     )
     mask_volume_id: str | None = Field(
         default=None,
@@ -77,6 +85,7 @@ class InterventionOut(BaseModel):
     gate: Gate | None = Field(default=None, description="The request's gate, if any.")
     gate_score: float | None = Field(default=None, description="The gate's score on this volume.")
     gate_open: bool | None = Field(default=None, description="Whether the edits applied (gate only).")
+    protect: list[RegionName] = Field(default_factory=list, description="The request's protected regions.")
     baseline: RegionSummary
     edited: RegionSummary
     volume_change_ml: dict[str, float]

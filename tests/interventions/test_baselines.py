@@ -137,6 +137,7 @@ def test_every_protocol_report_carries_baselines_side_effects_and_a_verdict(coho
         assert len(doc["baselines"]) == 4
         # the labelled rule holds the baselines to the protocol's core guard; the oracle has none
         assert all(b["core_guard"] == (protocol == "blind") for b in doc["baselines"].values())
+        assert all(b["protect"] == ["TC"] for b in doc["baselines"].values())  # as the latent specs
         assert set(doc["side_effects"]) >= {"TC", "ET", "WT", "SNFH_ml"}
         v = doc["verdict"]
         best = max(b["recovered_fraction"] for b in doc["baselines"].values())
@@ -189,3 +190,22 @@ def test_the_labelled_choice_holds_baselines_to_the_core_guard() -> None:
         choose(ev, [big, small, spread], "labelled", core_guard=CoreGuard(0.02, 0.0), **kw).default == spread
     )
     assert choose(ev, [big], "labelled", core_guard=CoreGuard(0.02, 1.0), **kw).default is None
+
+
+def test_protected_baselines_keep_the_unedited_core(cohorts) -> None:
+    """A global SNFH logit bias of 6 relabels the planted ET core as oedema (TC Dice 1 -> 0 on the
+    target); with ``protect=("TC",)`` the core voxels keep their label, the rest is the bias's."""
+    _, tgt = cohorts
+    item = tgt[0]
+    big = Candidate("logit_bias_global", (("bias", 6.0),))
+    free = BaselineEval("SNFH", np.zeros((4, len(QUANTILES))))
+    kept = BaselineEval("SNFH", np.zeros((4, len(QUANTILES))), protect=("TC",))
+    base = item.cache.baseline_labels.copy()
+    core = np.isin(base, (1, 3))
+    assert core.any() and (free.protected_labels(item, big)[core] != base[core]).all()
+    out = kept.protected_labels(item, big)
+    assert np.array_equal(out[core], base[core]) and np.array_equal(out[~core], free.labels(item, big)[~core])
+    assert (
+        free.scores(item, big)["TC"] == 0.0 and kept.scores(item, big)["TC"] == kept.scores(item, None)["TC"]
+    )
+    assert np.array_equal(item.cache.baseline_labels, base)  # the cached prediction is untouched

@@ -77,3 +77,20 @@ def test_strided_scorer_scores_only_its_slices(setup) -> None:
     zs = [z0 + k for k in range(0, cache.n_slices, 3)]
     pred, gt = cache.baseline_labels[:, :, zs] == 2, case.label[:, :, zs] == 2
     assert sc.base == pytest.approx(dice(pred, gt))
+
+
+def test_protect_keeps_the_unedited_core_on_both_paths(setup) -> None:
+    """``protect: [TC]``: every voxel the unedited model called NCR or ET keeps its label; every
+    other voxel is the unprotected edit's; the batched scorer gives the same Dice."""
+    case, cache, sae = setup
+    edits = [Edit(latent=j, op="scale", value=6.0, scope="active") for j in range(8)]
+    free, kept = InterventionSpec(edits=edits), InterventionSpec(edits=edits, protect=["TC"])
+    a, b = apply_spec(cache, sae, free).edited_labels, apply_spec(cache, sae, kept).edited_labels
+    core = np.isin(cache.baseline_labels, (1, 3))
+    assert core.any() and (a[core] != cache.baseline_labels[core]).any()  # the free edit relabels core
+    assert np.array_equal(b[core], cache.baseline_labels[core])
+    assert np.array_equal(b[~core], a[~core])
+    for region in ("SNFH", "TC"):
+        got = score_specs(cache, SliceScorer(cache, case.label, region), sae, [free, kept])
+        want = [apply_spec(cache, sae, s, label=case.label).dice_after[region] for s in (free, kept)]
+        assert got == pytest.approx(want, abs=1e-12)

@@ -71,6 +71,7 @@ def test_protocols_recover_the_planted_failures(cohorts, protocol: str) -> None:
     if protocol != "oracle":
         assert doc["calibration"]["target_case_ids"] == ["ssa-10", "ssa-11"]
         assert {e["latent"] for e in doc["spec"]["edits"]} == {1}
+        assert doc["spec"]["protect"] == ["TC"]  # the repair may not relabel the unedited core
         assert all(r["spec"] is not None for r in doc["cases"])
         assert doc["selection"]["reason"] is None
     if protocol == "blind":

@@ -9,7 +9,7 @@ from tests.service.builders import case_files, load_bytes, multipart, write_file
 from tests.service.tinyzoo_app import D_SAE, SEGFORMER_SAE, UNET, UNET_SAE, tiny_client, tiny_zoo, upload
 
 
-def _core_ablation(tmp_path, latent: int):
+def _core_ablation(tmp_path, latent: int, protect: tuple[str, ...] = ()):
     """The core's apply_spec for one ablation on the builders' case (no service code)."""
     from medseglens_core.data.preprocess import prepare_case
     from medseglens_core.interventions.apply import apply_spec
@@ -25,7 +25,7 @@ def _core_ablation(tmp_path, latent: int):
     model, _ = load_model(tiny_zoo() / "models" / UNET)
     sae, card = load_sae(tiny_zoo() / "saes" / UNET_SAE)
     cache = PrefixCache.build(model, prepare_case(case, model.cfg.input_size), card["hook"])
-    spec = InterventionSpec(edits=[Edit(latent=latent, op="ablate")])
+    spec = InterventionSpec(edits=[Edit(latent=latent, op="ablate")], protect=list(protect))
     return apply_spec(cache, sae, spec, label=case.label, spacing=case.geometry.spacing)
 
 
@@ -70,6 +70,21 @@ def test_empty_and_ablation_interventions(tmp_path):
         mask = load_bytes(client.get(f"/v1/interventions/{abl['id']}/mask", headers=headers).content)
         np.testing.assert_array_equal(np.asarray(mask.dataobj), core.edited_labels)
         assert client.get(f"/v1/interventions/{abl['id']}", headers=headers).json() == abl
+        assert abl["protect"] == []
+
+        # protect: the voxels the unedited model put in the region keep their label
+        for regions in (["TC"], ["WT"]):
+            kept = _core_ablation(tmp_path / "-".join(regions), top, tuple(regions))
+            body = {"volume_id": vid, "model_id": UNET, "sae_id": UNET_SAE,
+                    "edits": [{"latent": top, "op": "ablate"}], "protect": regions}  # fmt: skip
+            r = client.post("/v1/interventions", json=body, headers=headers)
+            assert r.status_code == 201, r.text
+            assert r.json()["protect"] == regions and r.json()["changed_voxels"] == kept.changed_voxels
+            got = load_bytes(client.get(f"/v1/interventions/{r.json()['id']}/mask", headers=headers).content)
+            np.testing.assert_array_equal(np.asarray(got.dataobj), kept.edited_labels)
+        assert kept.changed_voxels < core.changed_voxels  # protecting WT keeps some changed voxels
+        bad = client.post("/v1/interventions", json={**body, "protect": ["core"]}, headers=headers)
+        assert bad.status_code == 422 and bad.json()["type"].endswith("/validation-error"), bad.text
 
         # a gate: closed leaves the prediction alone, open applies the edits as without one
         def gated(threshold, latents=(top,), weights=(1.0,)):
