@@ -45,7 +45,13 @@ def _spec_text(spec: dict[str, Any] | None) -> str:
         what += f" &rarr; {html.escape(e['reference_cohort'])}" if e.get("reference_cohort") else ""
         where = e["scope"] + (f" {e['region']}+{e['dilation']}" if e["scope"] == "predicted_region" else "")
         parts.append(f"#{e['latent']} {what} [{where}]")
-    return "<code>" + "; ".join(parts) + "</code>"
+    kept = spec.get("protect") or []
+    return (
+        "<code>"
+        + "; ".join(parts)
+        + "</code>"
+        + (f" (unedited labels kept in {', '.join(kept)})" if kept else "")
+    )
 
 
 def _side(se: dict[str, Any] | None) -> str:

@@ -83,6 +83,7 @@ def test_protocols_recover_the_planted_failures(cohorts, protocol: str) -> None:
         page = render_recovery_html([doc])
         assert "<b>Gate:</b>" in page and f"leave-one-out errors {g['leave_one_out_errors']} of 4" in page
         assert ("none kept" in page) != g["fitted"]
+        assert "(unedited labels kept in TC)" in page
     if protocol == "oracle":
         assert "selection" not in doc
 
