@@ -108,7 +108,7 @@ class RecoveryConfig:
         source_case_tolerance: blind: the largest Dice loss accepted on any one source case.
         core_tolerance: blind protocols: the largest mean TC or ET Dice loss accepted on the
             labelled calibration target cases (checked on the confirmed specs), so a repair
-            cannot buy oedema with the core; the baselines are not held to it.
+            cannot buy oedema with the core; the labelled baselines are held to it too.
         core_guard_se: the core guard compares the mean change less this many standard errors
             of it (sample standard deviation over the calibration cases / sqrt(n)) with
             ``-core_tolerance``: a mean over <= 5 cases, taken for the best of many candidates,
@@ -133,7 +133,7 @@ class RecoveryConfig:
         baselines: also run the non-latent baselines (:mod:`.baselines`) on the same cases,
             calibration and gate, and report ``baselines``, ``side_effects`` and ``verdict``.
         protect: regions of the unedited prediction every candidate spec keeps at their
-            unedited labels (``InterventionSpec.protect``), and so do the logit baselines: an
+            unedited labels (``InterventionSpec.protect``), and so does every baseline: an
             oedema repair may grow oedema around the core but not relabel it. ``()``: off (the
             protocols before ssa draws K and L, where held-out TC fell by up to 0.06 under specs
             whose calibration cases all kept or gained TC).

@@ -41,7 +41,7 @@ of population-specific latents tell the populations apart without any label.
 ``protect`` (regions, e.g. ``["TC"]``): voxels the unedited model assigns to one of these regions
 keep their unedited label, whatever the edit does to the logits there. An oedema repair with
 ``protect: ["TC"]`` can grow oedema around the core but cannot rewrite the core itself (the
-recovery benchmark's protocols use it, and so do its logit baselines). The edited logits and
+recovery benchmark's protocols use it, and its baselines get the same protection). The edited logits and
 latent summaries are unchanged; only the label map is.
 """
 

@@ -130,9 +130,10 @@ async def create_intervention(
     volume and model (computed now on a miss). An empty edit list changes nothing (changed_voxels 0,
     mask bit-identical to the segmentation's); so does a `gate` that stays closed on this volume
     (`gate_open` false). `protect` keeps the unedited labels of voxels in those predicted regions
-    (e.g. `["TC"]`: an oedema repair that may not relabel the core). 422 for an invalid spec (unknown op, missing value, latent >= d_sae in an
-    edit or the gate, scope `mask` without a labelled `mask_volume_id` on the same grid), an SAE of
-    another model (`sae-model-mismatch`), or a `patch` whose reference cohort has no statistics.
+    (e.g. `["TC"]`: an oedema repair that may not relabel the core). 422 for an invalid spec
+    (unknown op, missing value, latent >= d_sae in an edit or the gate, scope `mask` without a
+    labelled `mask_volume_id` on the same grid), an SAE of another model (`sae-model-mismatch`),
+    or a `patch` whose reference cohort has no statistics.
     """
     from medseglens_core.interventions.errors import LatentOutOfRange
     from medseglens_core.interventions.spec import InterventionSpec
