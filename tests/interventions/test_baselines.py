@@ -162,7 +162,7 @@ class _TableEval:
 
 def test_the_labelled_choice_holds_baselines_to_the_core_guard() -> None:
     """Candidate ``big`` gains the most SNFH Dice on the calibration targets but costs TC 0.10;
-    ``small`` gains less and keeps the core; ``spread`` keeps TC on average (-0.01) with a spread
+    ``small`` gains less and keeps the core; ``spread`` keeps TC on average (-0.012) with a spread
     (0.00 / -0.02 / -0.01 / +0.02 / -0.05: standard error 0.012) that the guard's standard error
     refuses. Without a guard the rule picks ``big``, as before the guard."""
     from types import SimpleNamespace
