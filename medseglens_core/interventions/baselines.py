@@ -332,9 +332,10 @@ def choose(
             ch = [ev.scores(i, c)["dice"] - ev.scores(i, None)["dice"] for i in src] or [0.0]
             if np.mean(ch) < -source_tolerance or min(ch) < -source_case_tolerance:
                 continue
-            core = [[ev.scores(i, c)[r] - ev.scores(i, None)[r] for r in regions] for i in calib_t]
-            if core_guard is not None and regions and not core_guard.keeps(np.array([core]))[0]:
-                continue
+            if core_guard is not None and regions:
+                core = [[ev.scores(i, c)[r] - ev.scores(i, None)[r] for r in regions] for i in calib_t]
+                if not core_guard.keeps(np.array([core]))[0]:
+                    continue
             gain = float(np.mean([ev.scores(i, c)["dice"] for i in calib_t]))
             if gain > best_gain:
                 best, best_gain = c, gain
